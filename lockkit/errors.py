@@ -1,0 +1,191 @@
+"""Errors and results.
+
+Every encryption-client operation and :meth:`LockContext.identify` return a :class:`Result`;
+everything else raises a :class:`LockkitError` subclass. ``Failure.type`` is one of the
+reference product's error names, and :meth:`Result.unwrap` raises the matching class.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Literal, NoReturn, TypeVar, get_args
+
+T = TypeVar("T")
+
+FailureType = Literal[
+    "ClientInitError",
+    "CtsTokenError",
+    "LockContextError",
+    "EncryptionError",
+    "DecryptionError",
+    "IdentityError",
+]
+
+
+class LockkitError(Exception):
+    """Base of every lockkit error.
+
+    ``message`` is safe to show (it never contains tokens, keys or plaintext); the original
+    foreign error, if any, is chained as ``__cause__``.
+    """
+
+    failure_type: FailureType = "ClientInitError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_failure(self) -> Failure:
+        return Failure(self.failure_type, self.message)
+
+
+class ClientInitError(LockkitError):
+    """Bad or missing configuration, or an unknown provider, found at start-up."""
+
+    failure_type: FailureType = "ClientInitError"
+
+
+class ConfigurationError(ClientInitError):
+    """Configuration is missing or invalid; the message names what to set or run."""
+
+
+class IdentityError(LockkitError):
+    """An incoming identity JWT is unusable.
+
+    ``reason`` is one coarse, machine-readable word (``missing``, ``expired``, ``invalid``)
+    that may be shown to a client; ``detail`` is for logs only.
+    """
+
+    failure_type: FailureType = "IdentityError"
+    reason = "invalid"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class MissingCredentialError(IdentityError):
+    reason = "missing"
+
+
+class InvalidCredentialError(IdentityError):
+    reason = "invalid"
+
+
+class ExpiredCredentialError(IdentityError):
+    reason = "expired"
+
+
+class CtsTokenError(LockkitError):
+    """The CTS exchange failed: the identity JWT was rejected, or the CTS is unreachable."""
+
+    failure_type: FailureType = "CtsTokenError"
+
+
+class LockContextError(LockkitError):
+    """No usable lock context: the CTS token expired or was rejected, a locked value was read
+    without a lock context, or a claim the lock context names is absent from the token."""
+
+    failure_type: FailureType = "LockContextError"
+
+
+class EncryptionError(LockkitError):
+    failure_type: FailureType = "EncryptionError"
+
+
+class DecryptionError(LockkitError):
+    """A payload could not be opened. Never carries plaintext or keys; says, where the
+    payload lets it tell, whether it is locked to another identity or was tampered with."""
+
+    failure_type: FailureType = "DecryptionError"
+
+
+ERROR_CLASSES: dict[str, type[LockkitError]] = {
+    "ClientInitError": ClientInitError,
+    "CtsTokenError": CtsTokenError,
+    "LockContextError": LockContextError,
+    "EncryptionError": EncryptionError,
+    "DecryptionError": DecryptionError,
+    "IdentityError": IdentityError,
+}
+assert set(ERROR_CLASSES) == set(get_args(FailureType))
+
+
+class Failure:
+    """What went wrong: ``type`` (an error class name) and a ``message`` safe to show."""
+
+    __slots__ = ("type", "message")
+
+    type: FailureType
+    message: str
+
+    def __init__(self, type: FailureType, message: str) -> None:  # noqa: A002 - reference name
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "message", message)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Failure is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Failure) and (self.type, self.message) == (other.type, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.message))
+
+    def __repr__(self) -> str:
+        return f"Failure(type={self.type!r}, message={self.message!r})"
+
+    def to_error(self) -> LockkitError:
+        return ERROR_CLASSES[self.type](self.message)
+
+    def raise_(self) -> NoReturn:
+        raise self.to_error()
+
+
+class Result(Generic[T]):
+    """The outcome of an operation: ``data`` on success, ``failure`` otherwise.
+
+    ``data`` may legitimately be ``None`` (encrypting ``None`` gives ``None``), so test
+    ``result.failure``, not ``result.data``.
+    """
+
+    __slots__ = ("data", "failure")
+
+    data: T | None
+    failure: Failure | None
+
+    def __init__(self, data: T | None = None, failure: Failure | None = None) -> None:
+        # object.__setattr__ keeps instances immutable; this class is created per value in
+        # bulk operations, so it avoids dataclass machinery.
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "failure", failure)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Result is immutable")
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def unwrap(self) -> T:
+        """Return ``data``, or raise the error named by ``failure.type``.
+
+        :raises LockkitError: the subclass named by ``failure.type``.
+        """
+        if self.failure is not None:
+            self.failure.raise_()
+        return self.data  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Result) and (self.data, self.failure) == (other.data, other.failure)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self.failure is not None:
+            return f"Result(failure={self.failure!r})"
+        # data may be plaintext: never show it
+        return f"Result(data=<{type(self.data).__name__}>)"
+
+    @classmethod
+    def from_error(cls, err: LockkitError) -> Result[T]:
+        return cls(failure=err.to_failure())
