@@ -75,6 +75,13 @@ class ExpiredCredentialError(IdentityError):
     reason = "expired"
 
 
+class ProviderUnavailableError(IdentityError):
+    """The identity provider's keys could not be fetched (JWKS down, timeout). Not the
+    user's fault: a web app answers 503, never 401."""
+
+    reason = "unavailable"
+
+
 class CtsTokenError(LockkitError):
     """The CTS exchange failed: the identity JWT was rejected, or the CTS is unreachable."""
 
