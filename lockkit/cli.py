@@ -1,0 +1,118 @@
+"""``lockkit`` command line (also mounted as ``flask lockkit``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import click
+
+from .config import DEFAULT_CONFIG_FILE, DEFAULT_KEYRING_PATH, load_settings, parse_crn, render_config
+from .errors import ConfigurationError, LockkitError
+from .keys.keyring import Keyring
+
+
+def _fail(err: LockkitError) -> None:
+    raise click.ClickException(err.message)
+
+
+@click.group(help="lockkit: identity-bound encryption. Run `lockkit init` first.")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Create lockkit.toml and a keyring (mode 0600). Never overwrites a keyring.")
+@click.option("--workspace-crn", help="crn:<region>:<workspace-id> (default: a new local workspace)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help=f"config file to write (default ./{DEFAULT_CONFIG_FILE})")
+@click.option("--if-missing", is_flag=True, help="succeed quietly if already initialised")
+def init(workspace_crn: str | None, config_path: Path | None, if_missing: bool) -> None:
+    try:
+        cfg = config_path or Path(os.environ.get("LOCKKIT_CONFIG") or DEFAULT_CONFIG_FILE)
+        if not cfg.exists():
+            crn = workspace_crn or os.environ.get("LOCKKIT_WORKSPACE_CRN") or os.environ.get("CS_WORKSPACE_CRN")
+            crn = crn or f"crn:local:ws-{secrets.token_hex(6)}"
+            parse_crn(crn)
+            cfg.write_text(render_config(crn, DEFAULT_KEYRING_PATH))
+            click.echo(f"wrote {cfg} (workspace {crn})")
+        elif workspace_crn:
+            existing = load_settings(cfg).workspace_crn
+            if existing != workspace_crn:
+                raise ConfigurationError(f"{cfg} already configures workspace {existing}")
+        settings = load_settings(cfg)
+        if settings.keyring_json:
+            raise ConfigurationError("LOCKKIT_KEYRING_JSON is set: the keyring comes from the environment")
+        assert settings.keyring_path is not None
+        if settings.keyring_path.exists():
+            if if_missing:
+                click.echo(f"keyring {settings.keyring_path} exists; nothing to do")
+                return
+            raise ConfigurationError(
+                f"keyring {settings.keyring_path} already exists; refusing to overwrite it "
+                "(rotate with `lockkit keys rotate`)"
+            )
+        Keyring.generate(settings.workspace_crn).save(settings.keyring_path)
+        click.echo(f"wrote keyring {settings.keyring_path} (mode 0600; never commit it)")
+    except LockkitError as err:
+        _fail(err)
+
+
+@cli.group(help="Inspect and rotate root keys.")
+def keys() -> None:
+    pass
+
+
+def _load() -> tuple[Keyring, Path]:
+    settings = load_settings()
+    if settings.keyring_json or settings.keyring_path is None:
+        raise ConfigurationError(
+            "the keyring comes from LOCKKIT_KEYRING_JSON: rotate a file keyring, then update the variable"
+        )
+    return Keyring.load(settings.keyring_path), settings.keyring_path
+
+
+@keys.command("list", help="Show key versions (never key material).")
+def keys_list() -> None:
+    try:
+        settings = load_settings()
+        from .keys.keyring import load_keyring
+
+        ring = load_keyring(settings.keyring_path, settings.keyring_json)
+    except LockkitError as err:
+        _fail(err)
+    click.echo(f"workspace {ring.workspace_crn}  keyring {ring.source}")
+    click.echo(f"{'version':>7}  {'created (UTC)':<20}  primary")
+    for v in ring.versions():
+        created = dt.datetime.fromtimestamp(v.created, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{v.version:>7}  {created:<20}  {'*' if v.primary else ''}")
+
+
+@keys.command("rotate", help="Add a new primary root key; old versions keep decrypting.")
+def keys_rotate() -> None:
+    try:
+        ring, path = _load()
+        v = ring.rotate()
+        ring.save(path, overwrite=True)
+    except LockkitError as err:
+        _fail(err)
+    click.echo(f"rotated: version {v} is now primary; restart running apps to pick it up")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="lockkit", standalone_mode=False)
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Configuration: the one place that reads ``lockkit.toml`` and the environment.
+
+Precedence, lowest first: built-in defaults, ``lockkit.toml`` (``LOCKKIT_CONFIG`` names another
+file), then ``LOCKKIT_*`` environment variables. The reference product's ``CS_WORKSPACE_CRN``
+is honoured when ``LOCKKIT_WORKSPACE_CRN`` is not set.
+
+Example ``lockkit.toml``::
+
+    workspace_crn = "crn:local:ws-2f9c1d"
+    keyring = ".lockkit/keyring.json"      # relative to this file
+
+    [cts]
+    lifetime = 900                         # seconds; capped at 3600
+    claims = ["org_id"]                    # extra IdP claims lock contexts may name
+
+    [[issuers]]
+    issuer = "https://idp.example.com"
+    audience = ["my-app"]
+    jwks_uri = "https://idp.example.com/.well-known/jwks.json"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .oidc import IssuerConfig
+
+DEFAULT_CONFIG_FILE = "lockkit.toml"
+DEFAULT_KEYRING_PATH = ".lockkit/keyring.json"
+DEFAULT_KEYSET = "default"
+DEFAULT_CTS_LIFETIME = 900
+MAX_CTS_LIFETIME = 3600
+MIN_CTS_LIFETIME = 30
+
+_CRN_RE = re.compile(r"^crn:([a-z0-9][a-z0-9-]{0,62}):([A-Za-z0-9][A-Za-z0-9_-]{0,127})$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+HOW_TO_CONFIGURE = (
+    "run `lockkit init` in the app's directory, or set LOCKKIT_WORKSPACE_CRN "
+    "(or CS_WORKSPACE_CRN) to a CRN of the form crn:<region>:<workspace-id>"
+)
+
+
+def parse_crn(crn: str) -> tuple[str, str]:
+    """Split a workspace CRN ``crn:<region>:<workspace-id>`` into ``(region, workspace_id)``.
+
+    :raises ConfigurationError: if the CRN is malformed.
+    """
+    m = _CRN_RE.match(crn.strip()) if isinstance(crn, str) else None
+    if not m:
+        raise ConfigurationError(
+            f"workspace CRN {crn!r} is malformed: expected crn:<region>:<workspace-id>, "
+            "e.g. crn:local:ws-1a2b3c"
+        )
+    return m.group(1), m.group(2)
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a keyset, table or column name (letters, digits, ``_.-``).
+
+    :raises ConfigurationError: if it is not a valid name.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigurationError(
+            f"{kind} name {name!r} is invalid: use 1-128 letters, digits, '_', '.' or '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Build it with :func:`load_settings`."""
+
+    workspace_crn: str
+    keyring_path: Path | None = None
+    #: keyring JSON given inline (``LOCKKIT_KEYRING_JSON``, for containers); secret
+    keyring_json: str | None = field(default=None, repr=False)
+    keyset: str = DEFAULT_KEYSET
+    cts_lifetime: int = DEFAULT_CTS_LIFETIME
+    cts_claims: tuple[str, ...] = ()
+    issuers: tuple[IssuerConfig, ...] = ()
+    config_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        parse_crn(self.workspace_crn)
+        check_name("keyset", self.keyset)
+        if not MIN_CTS_LIFETIME <= self.cts_lifetime <= MAX_CTS_LIFETIME:
+            raise ConfigurationError(
+                f"CTS token lifetime {self.cts_lifetime}s is out of range: set [cts] lifetime "
+                f"(or LOCKKIT_CTS_LIFETIME) between {MIN_CTS_LIFETIME} and {MAX_CTS_LIFETIME}"
+            )
+        for claim in self.cts_claims:
+            if claim in _RESERVED_CLAIMS:
+                raise ConfigurationError(
+                    f"[cts] claims may not list {claim!r}: it is always carried or reserved"
+                )
+
+    @property
+    def region(self) -> str:
+        return parse_crn(self.workspace_crn)[0]
+
+    @property
+    def workspace_id(self) -> str:
+        return parse_crn(self.workspace_crn)[1]
+
+
+_RESERVED_CLAIMS = frozenset({"sub", "scopes", "iss", "aud", "exp", "iat", "nbf", "jti", "idp"})
+
+
+def _env_get(env: Mapping[str, str], key: str) -> str | None:
+    v = env.get(key)
+    return v if v not in (None, "") else None
+
+
+def _as_list(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigurationError(f"{what} must be a string or a list of strings")
+
+
+def find_config_file(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    """The config file to read: ``LOCKKIT_CONFIG`` if set, else ``./lockkit.toml`` if present.
+
+    :raises ConfigurationError: if ``LOCKKIT_CONFIG`` names a file that does not exist.
+    """
+    env = os.environ if env is None else env
+    named = _env_get(env, "LOCKKIT_CONFIG")
+    if named:
+        p = Path(named)
+        if not p.is_file():
+            raise ConfigurationError(f"LOCKKIT_CONFIG names {named}, which does not exist")
+        return p
+    p = (cwd or Path.cwd()) / DEFAULT_CONFIG_FILE
+    return p if p.is_file() else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a ``lockkit.toml``.
+
+    :raises ConfigurationError: if it cannot be read or is not valid TOML.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as err:
+        raise ConfigurationError(f"cannot read {path}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigurationError(f"{path} is not valid TOML: {err}") from err
+
+
+_TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers"}
+_CTS_KEYS = {"lifetime", "claims"}
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve settings from ``lockkit.toml`` and ``LOCKKIT_*`` variables.
+
+    :param path: a config file to read instead of looking for one.
+    :param env: the environment to read (default ``os.environ``); tests pass a dict.
+    :raises ConfigurationError: no workspace is configured, or a value is invalid; the
+        message says what to set or run.
+    """
+    env = os.environ if env is None else env
+    cfg_path = Path(path) if path is not None else find_config_file(env, cwd)
+    data: dict[str, Any] = read_config_file(cfg_path) if cfg_path else {}
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigurationError(f"{cfg_path}: unknown key(s) {sorted(unknown)}")
+    cts = data.get("cts", {})
+    if not isinstance(cts, dict) or set(cts) - _CTS_KEYS:
+        raise ConfigurationError(f"{cfg_path}: [cts] accepts only {sorted(_CTS_KEYS)}")
+    base = cfg_path.parent if cfg_path else (cwd or Path.cwd())
+
+    crn = (
+        _env_get(env, "LOCKKIT_WORKSPACE_CRN")
+        or _env_get(env, "CS_WORKSPACE_CRN")
+        or data.get("workspace_crn")
+    )
+    if not crn:
+        raise ConfigurationError(f"no workspace is configured: {HOW_TO_CONFIGURE}")
+    if not isinstance(crn, str):
+        raise ConfigurationError("workspace_crn must be a string")
+
+    keyring_json = _env_get(env, "LOCKKIT_KEYRING_JSON")
+    keyring_raw = _env_get(env, "LOCKKIT_KEYRING") or data.get("keyring") or DEFAULT_KEYRING_PATH
+    if not isinstance(keyring_raw, str):
+        raise ConfigurationError("keyring must be a path string")
+    keyring_path = Path(keyring_raw)
+    if not keyring_path.is_absolute():
+        env_given = _env_get(env, "LOCKKIT_KEYRING") is not None
+        keyring_path = ((cwd or Path.cwd()) if env_given else base) / keyring_path
+
+    lifetime_raw: Any = _env_get(env, "LOCKKIT_CTS_LIFETIME") or cts.get("lifetime", DEFAULT_CTS_LIFETIME)
+    try:
+        lifetime = int(lifetime_raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(f"CTS lifetime {lifetime_raw!r} is not a whole number of seconds") from err
+    claims_raw: Any = _env_get(env, "LOCKKIT_CTS_CLAIMS") or cts.get("claims", [])
+    claims = tuple(_as_list(claims_raw, "[cts] claims"))
+
+    issuers = [IssuerConfig.from_mapping(i) for i in _issuer_tables(data.get("issuers", []))]
+    env_issuer = _env_get(env, "LOCKKIT_OIDC_ISSUER")
+    if env_issuer:
+        spec: dict[str, Any] = {"issuer": env_issuer}
+        for key, var in (
+            ("audience", "LOCKKIT_OIDC_AUDIENCE"),
+            ("jwks_uri", "LOCKKIT_OIDC_JWKS_URI"),
+            ("algorithms", "LOCKKIT_OIDC_ALGORITHMS"),
+            ("authorized_parties", "LOCKKIT_OIDC_AUTHORIZED_PARTIES"),
+        ):
+            val = _env_get(env, var)
+            if val:
+                spec[key] = _as_list(val, var) if key != "jwks_uri" else val
+        if "jwks_uri" not in spec:
+            spec["jwks_uri"] = env_issuer.rstrip("/") + "/.well-known/jwks.json"
+        issuers = [i for i in issuers if i.issuer != env_issuer] + [IssuerConfig.from_mapping(spec)]
+
+    keyset = _env_get(env, "LOCKKIT_KEYSET") or data.get("keyset") or DEFAULT_KEYSET
+    return Settings(
+        workspace_crn=crn.strip(),
+        keyring_path=None if keyring_json else keyring_path,
+        keyring_json=keyring_json,
+        keyset=keyset,
+        cts_lifetime=lifetime,
+        cts_claims=claims,
+        issuers=tuple(issuers),
+        config_path=cfg_path,
+    )
+
+
+def _issuer_tables(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigurationError("[[issuers]] must be a list of tables")
+    return value
+
+
+def render_config(
+    workspace_crn: str, keyring: str = DEFAULT_KEYRING_PATH, issuers: list[dict[str, Any]] | None = None
+) -> str:
+    """The text of a new ``lockkit.toml``."""
+    lines = [
+        "# lockkit configuration (created by `lockkit init`). Environment variables",
+        "# LOCKKIT_* override these values; see the README.",
+        f"workspace_crn = {json.dumps(workspace_crn)}",
+        f"keyring = {json.dumps(keyring)}   # mode 0600; never commit it",
+        "",
+        "[cts]",
+        f"lifetime = {DEFAULT_CTS_LIFETIME}            # seconds a CTS token lives (max {MAX_CTS_LIFETIME})",
+        "claims = []                # extra identity-token claims lock contexts may name",
+        "",
+        "# Trusted identity providers. One table per issuer, e.g.:",
+        "# [[issuers]]",
+        '# issuer = "https://idp.example.com"',
+        '# audience = ["my-app"]',
+        '# jwks_uri = "https://idp.example.com/.well-known/jwks.json"',
+    ]
+    for iss in issuers or []:
+        lines += ["", "[[issuers]]"] + [f"{k} = {json.dumps(v)}" for k, v in iss.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,50 @@
+"""Token service (CTS): embedded by default; see :mod:`lockkit.cts.embedded`."""
+
+from __future__ import annotations
+
+import threading
+
+from ..config import Settings, load_settings
+from ..identity import TokenService
+from ..keys.keyring import load_keyring
+from ..oidc import OIDCVerifier
+from .embedded import CtsUnavailableError, CtsVerifier, EmbeddedTokenService
+
+__all__ = [
+    "CtsUnavailableError",
+    "CtsVerifier",
+    "EmbeddedTokenService",
+    "build_token_service",
+    "default_token_service",
+]
+
+_defaults: dict[Settings, TokenService] = {}
+_defaults_lock = threading.Lock()
+
+
+def build_token_service(settings: Settings) -> EmbeddedTokenService:
+    """The embedded token service described by ``settings``.
+
+    :raises ConfigurationError: missing or bad keyring or issuer configuration.
+    """
+    keyring = load_keyring(settings.keyring_path, settings.keyring_json)
+    return EmbeddedTokenService(
+        workspace_crn=settings.workspace_crn,
+        keyring=keyring,
+        verifiers=[OIDCVerifier(i) for i in settings.issuers],
+        lifetime=settings.cts_lifetime,
+        claims=settings.cts_claims,
+    )
+
+
+def default_token_service(settings: Settings | None = None) -> TokenService:
+    """The process-wide token service for ``settings`` (default: :func:`load_settings`).
+
+    :raises ConfigurationError: no workspace configured, or a bad keyring.
+    """
+    settings = settings or load_settings()
+    with _defaults_lock:
+        service = _defaults.get(settings)
+        if service is None:
+            service = _defaults[settings] = build_token_service(settings)
+        return service

@@ -1,0 +1,236 @@
+"""The embedded token service (CTS) and the verifier key services use for its tokens.
+
+``authorize(idp_jwt)`` verifies the identity JWT with the trusted issuers (or provider plugins)
+and mints a short-lived CTS token: an EdDSA (Ed25519) JWT signed with a key derived from the
+keyring, carrying the workspace, ``sub``, the identity namespace (issuer), scopes and the
+configured extra claims. Key services verify it with :class:`CtsVerifier` (algorithm pinned).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import (
+    CtsTokenError,
+    IdentityError,
+    LockContextError,
+    ProviderUnavailableError,
+)
+from ..identity import EXPIRED_MESSAGE, CtsToken
+from ..keys.keyring import Keyring
+from ..oidc import Claims, IssuerRouter, TokenVerifier
+
+CTS_ALGORITHM = "EdDSA"
+CTS_ISSUER = "lockkit-cts"
+MAX_CTS_TOKEN_BYTES = 8192
+
+
+class CtsUnavailableError(CtsTokenError):
+    """The token service, or the identity provider's keys it needs, could not be reached.
+    Its failure type is still ``CtsTokenError``; web apps answer 503 for it."""
+
+
+def normalise_scopes(claims: Mapping[str, Any]) -> list[str]:
+    """Scopes from ``scope`` (space-separated), ``scp`` or ``scopes`` (string or list), sorted."""
+    found: set[str] = set()
+    for key in ("scope", "scp", "scopes"):
+        value = claims.get(key)
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(v for v in value if isinstance(v, str))
+    return sorted(found)
+
+
+def _json_value(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class EmbeddedTokenService:
+    """Mints CTS tokens in process. Thread-safe; ``calls`` counts exchanges (for tests)."""
+
+    def __init__(
+        self,
+        *,
+        workspace_crn: str,
+        keyring: Keyring,
+        verifiers: Sequence[TokenVerifier],
+        lifetime: int = 900,
+        claims: Sequence[str] = (),
+    ) -> None:
+        self.workspace_crn = workspace_crn
+        self._keyring = keyring
+        self._router = IssuerRouter(list(verifiers)) if verifiers else None
+        self.lifetime = lifetime
+        self.claims = tuple(claims)
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def authorize(self, idp_jwt: str, now: float | None = None) -> CtsToken:
+        """Verify ``idp_jwt`` and mint a CTS token.
+
+        :raises CtsTokenError: the JWT was rejected (the message says why, coarsely);
+            :class:`CtsUnavailableError` when the issuer's keys could not be fetched.
+        """
+        with self._lock:
+            self.calls += 1
+        if self._router is None:
+            raise CtsTokenError(
+                "The JWT was rejected by CTS: no identity provider is trusted "
+                "(add an [[issuers]] table to lockkit.toml or set LOCKKIT_OIDC_ISSUER)"
+            )
+        now = time.time() if now is None else now
+        try:
+            verifier, idp_claims = self._router.verify(idp_jwt, now=now)
+        except ProviderUnavailableError as err:
+            raise CtsUnavailableError(f"CTS could not verify the JWT: {err.message}") from err
+        except IdentityError as err:
+            raise CtsTokenError(f"The JWT was rejected by CTS: {err.message}") from err
+        return self.mint(idp_claims, namespace=verifier.namespace, now=now)
+
+    def mint(self, idp_claims: Claims, *, namespace: str, now: float | None = None) -> CtsToken:
+        """Sign a CTS token for already-verified identity claims. Prefer :meth:`authorize`."""
+        now = time.time() if now is None else now
+        iat = int(now)
+        exp = iat + self.lifetime
+        ctx = {
+            name: idp_claims[name]
+            for name in self.claims
+            if name in idp_claims and _json_value(idp_claims[name])
+        }
+        payload = {
+            "iss": CTS_ISSUER,
+            "aud": self.workspace_crn,
+            "sub": idp_claims["sub"],
+            "idp": namespace,
+            "scopes": normalise_scopes(idp_claims),
+            "ctx": ctx,
+            "iat": iat,
+            "exp": exp,
+            "jti": os.urandom(12).hex(),
+        }
+        version = self._keyring.primary
+        token = jwt.encode(
+            payload,
+            self._keyring.cts_signing_key(version),
+            algorithm=CTS_ALGORITHM,
+            headers={"kid": f"cts-v{version}", "typ": "JWT"},
+        )
+        return CtsToken(token, exp)
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys that verify this service's tokens, as a JWKS document."""
+        return jwks_document(self._keyring.cts_public_keys())
+
+    def verifier(self) -> CtsVerifier:
+        """A verifier for this service's tokens (what the local key service uses)."""
+        return CtsVerifier(self.workspace_crn, self._keyring.cts_public_keys())
+
+
+def jwks_document(keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
+    out = []
+    for kid, key in keys.items():
+        jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key))
+        jwk.update({"kid": kid, "alg": CTS_ALGORITHM, "use": "sig"})
+        out.append(jwk)
+    return {"keys": out}
+
+
+class CtsVerifier:
+    """Verifies CTS tokens (EdDSA pinned, issuer, workspace audience, expiry).
+
+    Verified claims are cached by the token's SHA-256 until the token expires, so a batch (or
+    a request) pays for one signature check. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        workspace_crn: str,
+        public_keys: Mapping[str, Ed25519PublicKey],
+        *,
+        cache_size: int = 4096,
+    ) -> None:
+        self.workspace_crn = workspace_crn
+        self._keys = dict(public_keys)
+        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.verifications = 0
+
+    def verify(self, access_token: str, now: float | None = None) -> Claims:
+        """The verified claims of a CTS token.
+
+        :raises LockContextError: expired (``Call identify again``), forged, or malformed.
+        """
+        now = time.time() if now is None else now
+        if not isinstance(access_token, str) or len(access_token) > MAX_CTS_TOKEN_BYTES:
+            raise LockContextError("CTS token rejected: malformed")
+        digest = hashlib.sha256(access_token.encode()).digest()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is not None:
+            if now >= cached["exp"]:
+                raise LockContextError(EXPIRED_MESSAGE)
+            return cached
+        claims = self._verify_uncached(access_token, now)
+        with self._lock:
+            self._cache[digest] = claims
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return claims
+
+    def _verify_uncached(self, access_token: str, now: float) -> Claims:
+        try:
+            header = jwt.get_unverified_header(access_token)
+        except jwt.PyJWTError as err:
+            raise LockContextError("CTS token rejected: malformed") from err
+        if header.get("alg") != CTS_ALGORITHM or set(header) - {"alg", "kid", "typ"}:
+            raise LockContextError("CTS token rejected: unexpected header")
+        key = self._keys.get(header.get("kid", ""))
+        if key is None:
+            raise LockContextError("CTS token rejected: signed by an unknown key")
+        try:
+            claims: Claims = jwt.decode(
+                access_token,
+                key,
+                algorithms=[CTS_ALGORITHM],
+                audience=self.workspace_crn,
+                issuer=CTS_ISSUER,
+                options={
+                    "require": ["exp", "iat", "sub", "iss", "aud"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidAudienceError as err:
+            raise LockContextError("CTS token rejected: issued for another workspace") from err
+        except jwt.PyJWTError as err:
+            raise LockContextError("CTS token rejected: invalid signature or claims") from err
+        self.verifications += 1
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+            raise LockContextError("CTS token rejected: bad expiry")
+        if now >= exp:
+            raise LockContextError(EXPIRED_MESSAGE)
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise LockContextError("CTS token rejected: no subject")
+        if not isinstance(claims.get("idp"), str) or not isinstance(claims.get("ctx", {}), dict):
+            raise LockContextError("CTS token rejected: malformed claims")
+        return claims

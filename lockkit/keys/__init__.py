@@ -1,0 +1,87 @@
+"""Key services: they verify the CTS token and release column keys, one call per batch.
+
+The contract (what the encryption client relies on, whatever the backend):
+
+* ``release(keyset=..., lock=..., requests=[...])`` takes a whole batch of
+  :class:`KeyRequest` and returns one entry per request, in order: a :class:`ColumnKey`, or a
+  :class:`~lockkit.errors.LockkitError` for a request that cannot be served (e.g. an unknown
+  key version) so one bad item does not sink the batch.
+* With a :class:`Lock`, the service verifies the CTS token once per batch, reads the values of
+  ``lock.claim_names`` *from the verified token*, and binds every released key to them. A
+  problem with the lock itself (expired, forged, claim absent) raises ``LockContextError``
+  before any key is released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, Sequence
+
+from ..errors import LockkitError
+from ..identity import CtsToken
+
+Purpose = Literal["encrypt", "decrypt", "index"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """A CTS token and the claim names whose values (from the token) lock the keys."""
+
+    token: CtsToken
+    claim_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    table: str
+    column: str
+    purpose: Purpose
+    #: for ``decrypt``: the key id recorded in the payloads
+    key_id: str | None = None
+    #: how many values the key will serve (for audit)
+    count: int = 1
+    #: bind the key to the lock's identity (False: a value encrypted without a lock context)
+    locked: bool = True
+
+
+class ColumnKey:
+    """Key material for one (table, column, identity) and key version. Never shown in repr.
+
+    For ``encrypt``/``decrypt``: 32 bytes of AEAD key then 32 bytes of key-check key.
+    For ``index``: 32 bytes of equality-term key then 32 bytes of match-term key.
+    """
+
+    __slots__ = ("key_id", "material")
+
+    def __init__(self, key_id: str, material: bytes) -> None:
+        self.key_id = key_id
+        self.material = material
+
+    def __repr__(self) -> str:
+        return f"ColumnKey(key_id={self.key_id!r}, material=<redacted>)"
+
+    def __reduce__(self) -> object:
+        raise TypeError("ColumnKey holds key material and cannot be pickled")
+
+
+class KeyService(Protocol):
+    """A key service backend (local keyring, OpenBao, ...)."""
+
+    workspace_crn: str
+
+    def release(
+        self,
+        *,
+        keyset: str,
+        lock: Lock | None,
+        requests: Sequence[KeyRequest],
+        now: float | None = None,
+    ) -> list[ColumnKey | LockkitError]:
+        """Release keys for a batch (see the module docstring).
+
+        :raises LockContextError: the lock's CTS token is expired, forged or lacks a claim.
+        """
+        ...
+
+
+__all__ = ["ColumnKey", "KeyRequest", "KeyService", "Lock", "Purpose"]

@@ -1,0 +1,251 @@
+"""The local keyring: versioned root keys in a 0600 JSON file (or inline JSON from the env).
+
+Root keys never leave this module except through :meth:`Keyring.derive`, which runs HKDF
+(from ``cryptography``) with a purpose label, so every key used elsewhere is bound to what it
+is for. The newest version is the *primary*: new values use it; older versions stay to decrypt
+old values until a rekey moves them (rotation never deletes a version).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import ConfigurationError
+
+FORMAT = "lockkit-keyring"
+FORMAT_VERSION = 1
+KEY_BYTES = 32
+_SALT = b"lockkit/v1/keyring"
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical JSON bytes, used for every derivation label and associated data."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """A root key version's public facts (no key material)."""
+
+    version: int
+    created: int
+    primary: bool
+
+    @property
+    def kid(self) -> str:
+        return str(self.version)
+
+
+class Keyring:
+    """Versioned root keys for one workspace. ``repr`` shows versions only; refuses pickling."""
+
+    __slots__ = ("workspace_crn", "_roots", "_created", "_primary", "_index", "source")
+
+    def __init__(
+        self,
+        workspace_crn: str,
+        roots: dict[int, bytes],
+        created: dict[int, int],
+        primary: int,
+        index_key: bytes,
+        source: str = "<memory>",
+    ) -> None:
+        if not roots or primary not in roots:
+            raise ConfigurationError(f"keyring {source} has no primary key")
+        for v, k in list(roots.items()) + [(0, index_key)]:
+            if len(k) != KEY_BYTES:
+                raise ConfigurationError(f"keyring {source}: key version {v} is not {KEY_BYTES} bytes")
+        self.workspace_crn = workspace_crn
+        self._roots = dict(roots)
+        self._created = dict(created)
+        self._primary = primary
+        self._index = index_key
+        self.source = source
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def generate(cls, workspace_crn: str, *, now: float | None = None) -> Keyring:
+        """A new keyring with one random root key and a random search-index key."""
+        ts = int(time.time() if now is None else now)
+        return cls(workspace_crn, {1: os.urandom(KEY_BYTES)}, {1: ts}, 1, os.urandom(KEY_BYTES))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "<inline>") -> Keyring:
+        """Parse keyring JSON.
+
+        :raises ConfigurationError: if it is malformed (the message never shows key material).
+        """
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigurationError(f"keyring {source} is not valid JSON") from err
+        try:
+            if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
+                raise ConfigurationError(
+                    f"keyring {source} is not a lockkit keyring (format {FORMAT} v{FORMAT_VERSION})"
+                )
+            crn = doc["workspace_crn"]
+            roots: dict[int, bytes] = {}
+            created: dict[int, int] = {}
+            for entry in doc["keys"]:
+                v = entry["version"]
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v in roots:
+                    raise ConfigurationError(f"keyring {source} has a bad or duplicate key version")
+                roots[v] = base64.b64decode(entry["material"], validate=True)
+                created[v] = int(entry["created"])
+            index_key = base64.b64decode(doc["index_key"], validate=True)
+            primary = doc["primary"]
+            if not isinstance(crn, str) or not isinstance(primary, int):
+                raise ConfigurationError(f"keyring {source} is malformed")
+        except ConfigurationError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as err:
+            raise ConfigurationError(f"keyring {source} is malformed ({type(err).__name__})") from err
+        return cls(crn, roots, created, primary, index_key, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Keyring:
+        """Read a keyring file, refusing one that others can read or that is malformed.
+
+        :raises ConfigurationError: missing, unreadable, loose permissions, or malformed.
+        """
+        p = Path(path)
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError as err:
+            raise ConfigurationError(
+                f"keyring {p} does not exist: run `lockkit init` (or set LOCKKIT_KEYRING)"
+            ) from err
+        except OSError as err:
+            raise ConfigurationError(f"cannot read keyring {p}: {err.strerror}") from err
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ConfigurationError(f"keyring {p} is not a regular file")
+            if mode & 0o077:
+                raise ConfigurationError(
+                    f"keyring {p} is accessible to other users (mode {stat.S_IMODE(mode):04o}): "
+                    f"run `chmod 600 {p}`"
+                )
+            try:
+                text = fh.read().decode()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ConfigurationError(f"cannot read keyring {p}") from err
+        return cls.from_json(text, source=str(p))
+
+    def to_json(self) -> str:
+        doc = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "workspace_crn": self.workspace_crn,
+            "primary": self._primary,
+            "keys": [
+                {"version": v, "created": self._created[v], "material": base64.b64encode(k).decode()}
+                for v, k in sorted(self._roots.items())
+            ],
+            "index_key": base64.b64encode(self._index).decode(),
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the keyring atomically with mode 0600 (its directory 0700 if created).
+
+        :raises ConfigurationError: the file exists and ``overwrite`` is False.
+        """
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise ConfigurationError(f"keyring {p} already exists; refusing to overwrite it")
+        if not p.parent.exists():
+            p.parent.mkdir(parents=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".keyring-", dir=p.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.to_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            if overwrite:
+                os.replace(tmp, p)
+            else:
+                os.link(tmp, p)  # fails if p appeared meanwhile: never clobber a keyring
+                os.unlink(tmp)
+        except FileExistsError as err:
+            os.unlink(tmp)
+            raise ConfigurationError(f"keyring {p} already exists; refusing to overwrite it") from err
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self.source = str(p)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def rotate(self, *, now: float | None = None) -> int:
+        """Add a new root key version and make it primary; returns its number."""
+        v = max(self._roots) + 1
+        self._roots[v] = os.urandom(KEY_BYTES)
+        self._created[v] = int(time.time() if now is None else now)
+        self._primary = v
+        return v
+
+    @property
+    def primary(self) -> int:
+        return self._primary
+
+    def versions(self) -> list[KeyVersion]:
+        return [KeyVersion(v, self._created[v], v == self._primary) for v in sorted(self._roots)]
+
+    def has_version(self, version: int) -> bool:
+        return version in self._roots
+
+    # -- derivation ----------------------------------------------------------------------
+    def derive(self, version: int | None, label: Any, length: int = KEY_BYTES) -> bytes:
+        """HKDF-SHA256 from root ``version`` (``None``: the search-index key) with ``label``
+        (canonical JSON) as info.
+
+        :raises KeyError: unknown version.
+        """
+        root = self._index if version is None else self._roots[version]
+        return HKDF(hashes.SHA256(), length, _SALT, canonical(label)).derive(root)
+
+    def cts_signing_key(self, version: int) -> Ed25519PrivateKey:
+        """The Ed25519 key the embedded token service signs with under root ``version``."""
+        seed = self.derive(version, ["cts-signing", self.workspace_crn])
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+    def cts_public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """``kid -> public key`` for every version (what a CTS verifier trusts)."""
+        return {f"cts-v{v}": self.cts_signing_key(v).public_key() for v in sorted(self._roots)}
+
+    def __repr__(self) -> str:
+        return (
+            f"Keyring(workspace_crn={self.workspace_crn!r}, versions={sorted(self._roots)}, "
+            f"primary={self._primary})"
+        )
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Keyring holds key material and cannot be pickled")
+
+
+def load_keyring(path: Path | None, inline_json: str | None) -> Keyring:
+    """The keyring named by settings: inline JSON wins over a path.
+
+    :raises ConfigurationError: missing or bad keyring.
+    """
+    if inline_json:
+        return Keyring.from_json(inline_json, source="LOCKKIT_KEYRING_JSON")
+    if path is None:
+        raise ConfigurationError("no keyring configured: run `lockkit init` or set LOCKKIT_KEYRING")
+    return Keyring.load(path)

@@ -1,0 +1,107 @@
+"""The local key service: keys derived from the keyring, bound to the verified identity."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import DecryptionError, LockContextError, LockkitError
+from ..oidc import Claims
+from . import ColumnKey, KeyRequest, Lock
+from .keyring import Keyring
+
+
+def claim_value(claims: Claims, name: str) -> Any:
+    """The value of lock claim ``name`` in verified CTS claims.
+
+    :raises LockContextError: the token does not carry the claim.
+    """
+    if name == "sub":
+        return claims["sub"]
+    if name == "scopes":
+        return sorted(set(claims.get("scopes", [])))
+    ctx = claims.get("ctx", {})
+    if name not in ctx:
+        raise LockContextError(
+            f"The lock context names the claim {name!r}, which the CTS token does not carry "
+            "(the identity token lacks it, or it is not listed in [cts] claims)"
+        )
+    return ctx[name]
+
+
+def identity_binding(claims: Claims, claim_names: Sequence[str]) -> list[Any]:
+    """What keys are bound to: the identity namespace, then each claim's name and value."""
+    return [claims["idp"], [[n, claim_value(claims, n)] for n in claim_names]]
+
+
+class LocalKeyService:
+    """Derives keys from a :class:`Keyring` with HKDF; verifies CTS tokens with ``verifier``.
+
+    ``verifier`` is anything with ``verify(access_token, now=None) -> claims`` that raises
+    ``LockContextError`` (the embedded CTS's :class:`~lockkit.cts.CtsVerifier`, or one that
+    trusts a remote CTS's JWKS).
+    """
+
+    def __init__(self, keyring: Keyring, verifier: Any) -> None:
+        self.workspace_crn = keyring.workspace_crn
+        self._keyring = keyring
+        self._verifier = verifier
+        self._lock = threading.Lock()
+        #: number of release() calls and keys derived (observability, tests)
+        self.release_calls = 0
+        self.derivations = 0
+        self.last_subject: str | None = None
+
+    def release(
+        self,
+        *,
+        keyset: str,
+        lock: Lock | None,
+        requests: Sequence[KeyRequest],
+        now: float | None = None,
+    ) -> list[ColumnKey | LockkitError]:
+        binding: list[Any] | None = None
+        subject: str | None = None
+        if lock is not None:
+            claims = self._verifier.verify(lock.token.access_token, now=now)
+            binding = identity_binding(claims, lock.claim_names)
+            subject = claims["sub"]
+        with self._lock:
+            self.release_calls += 1
+            self.last_subject = subject
+        out: list[ColumnKey | LockkitError] = []
+        memo: dict[tuple[str, str, str, str | None, bool], ColumnKey | LockkitError] = {}
+        for req in requests:
+            if req.locked and binding is None:
+                raise LockContextError("a locked key was requested without a lock context")
+            memo_key = (req.purpose, req.table, req.column, req.key_id, req.locked)
+            got = memo.get(memo_key)
+            if got is None:
+                got = memo[memo_key] = self._derive(keyset, binding if req.locked else None, req)
+            out.append(got)
+        return out
+
+    def _derive(self, keyset: str, binding: list[Any] | None, req: KeyRequest) -> ColumnKey | LockkitError:
+        scope = [self.workspace_crn, keyset, req.table, req.column, binding]
+        with self._lock:
+            self.derivations += 1
+        if req.purpose == "index":
+            return ColumnKey("index", self._keyring.derive(None, ["index", *scope], 64))
+        if req.purpose == "encrypt":
+            version = self._keyring.primary
+        else:
+            try:
+                version = int(req.key_id or "")
+            except ValueError:
+                return DecryptionError(f"payload key id {req.key_id!r} is not a local key version")
+            if not self._keyring.has_version(version):
+                return DecryptionError(
+                    f"key version {version} is not in this keyring (was it removed, or is this "
+                    "another workspace's payload?)"
+                )
+        return ColumnKey(str(version), self._keyring.derive(version, ["data", *scope], 64))
+
+    def __repr__(self) -> str:
+        return f"LocalKeyService(workspace_crn={json.dumps(self.workspace_crn)})"

@@ -1,0 +1,96 @@
+"""Search terms: equality (HMAC) and free-text match (bloom filter of n-grams).
+
+Both are computed with HMAC-SHA256 (``cryptography``) under index keys the key service
+releases per (table, column) and, with a lock context, per identity: one user's terms never
+equal another user's terms for the same value.
+
+Leakage, stated plainly: an equality term reveals which of a user's values in a column are
+equal; a match term reveals how much two values' trigram sets overlap. Neither reveals a value
+to someone without the index key. See ``docs/threat-model.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, hmac
+
+from .schema import MatchIndex
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+class TermHasher:
+    """Computes terms for one (table, column, identity) index key (64 bytes)."""
+
+    __slots__ = ("_hm", "_bf", "_grams")
+
+    def __init__(self, index_material: bytes) -> None:
+        self._hm = hmac.HMAC(index_material[:32], hashes.SHA256())
+        self._bf = hmac.HMAC(index_material[32:64], hashes.SHA256())
+        self._grams: dict[tuple[str, int, int], tuple[int, ...]] = {}
+
+    def equality(self, data: bytes) -> str:
+        h = self._hm.copy()
+        h.update(data)
+        return h.finalize().hex()
+
+    def _positions(self, gram: str, opts: MatchIndex) -> tuple[int, ...]:
+        key = (gram, opts.filter_size, opts.hash_count)
+        got = self._grams.get(key)
+        if got is None:
+            h = self._bf.copy()
+            h.update(gram.encode("utf-8"))
+            d = h.finalize()
+            if opts.hash_count > 16:  # pragma: no cover - MatchIndex forbids it
+                raise ValueError("hash_count")
+            got = tuple(
+                int.from_bytes(d[2 * i : 2 * i + 2], "big") % opts.filter_size for i in range(opts.hash_count)
+            )
+            self._grams[key] = got
+        return got
+
+    def match(self, text: str, opts: MatchIndex) -> list[int]:
+        bits: set[int] = set()
+        for gram in ngrams(text, opts.ngram):
+            bits.update(self._positions(gram, opts))
+        return sorted(bits)
+
+
+def ngrams(text: str, n: int) -> Iterable[str]:
+    """Lower-cased, NFKC-normalised words, cut into ``n``-grams (shorter words whole)."""
+    seen: set[str] = set()
+    for word in _WORD_RE.findall(unicodedata.normalize("NFKC", text).casefold()):
+        grams = [word] if len(word) <= n else [word[i : i + n] for i in range(len(word) - n + 1)]
+        for g in grams:
+            if g not in seen:
+                seen.add(g)
+                yield g
+
+
+def matches(term: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+    """Does ``payload`` satisfy the query ``term`` from ``encrypt_query``?
+
+    Equality: ``hm`` equal (constant-time). Match: every bit of the term's ``bf`` is set in the
+    payload's ``bf`` (may give false positives at the bloom filter's rate, never false
+    negatives). A term with both checks both.
+    """
+    import hmac as _hmac
+
+    if not isinstance(payload, Mapping) or not isinstance(term, Mapping):
+        return False
+    checked = False
+    if "hm" in term:
+        checked = True
+        hm = payload.get("hm")
+        if not isinstance(hm, str) or not _hmac.compare_digest(hm.encode(), str(term["hm"]).encode()):
+            return False
+    if "bf" in term:
+        checked = True
+        bf = payload.get("bf")
+        if not isinstance(bf, list) or not set(term["bf"]) <= set(bf):
+            return False
+    return checked
