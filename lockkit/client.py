@@ -338,9 +338,9 @@ class Encryption:
             t, col = cols[(tn, cn)]
             data_key = next(keys)
             index_key = next(keys) if col.searchable else None
-            for k in (data_key, index_key):
-                if isinstance(k, LockkitError):
-                    raise k
+            for released in (data_key, index_key):
+                if isinstance(released, LockkitError):
+                    raise released
             assert isinstance(data_key, ColumnKey)
             hasher = TermHasher(index_key.material) if isinstance(index_key, ColumnKey) else None
             aead = AESGCMSIV(data_key.material[:32])

@@ -128,7 +128,7 @@ class LockContext:
             if not isinstance(context, Mapping) or set(context) - {"identityClaim"}:
                 raise LockContextError('context must be {"identityClaim": [...]}')
             identity_claim = context.get("identityClaim", DEFAULT_IDENTITY_CLAIM)
-        self._claims = _normalise_claims(identity_claim or DEFAULT_IDENTITY_CLAIM)
+        self._claims = _normalise_claims(DEFAULT_IDENTITY_CLAIM if identity_claim is None else identity_claim)
         if cts_token is not None and not isinstance(cts_token, CtsToken):
             cts_token = CtsToken.from_dict(cts_token)
         self._token: CtsToken | None = cts_token

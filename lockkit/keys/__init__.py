@@ -60,7 +60,7 @@ class ColumnKey:
     def __repr__(self) -> str:
         return f"ColumnKey(key_id={self.key_id!r}, material=<redacted>)"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("ColumnKey holds key material and cannot be pickled")
 
 

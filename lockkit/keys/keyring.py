@@ -131,10 +131,11 @@ class Keyring:
             ) from err
         except OSError as err:
             raise ConfigurationError(f"cannot read keyring {p}: {err.strerror}") from err
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise ConfigurationError(f"keyring {p} is not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            mode = os.fstat(fh.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigurationError(f"keyring {p} is not a regular file")
             if mode & 0o077:
                 raise ConfigurationError(
                     f"keyring {p} is accessible to other users (mode {stat.S_IMODE(mode):04o}): "

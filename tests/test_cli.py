@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lockkit import Encryption, LockContext, encrypted_column, encrypted_table
+from lockkit.cli import main
+from lockkit.testing import LocalIssuer
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for var in list(os.environ):
+        if var.startswith("LOCKKIT_") or var == "CS_WORKSPACE_CRN":
+            monkeypatch.delenv(var)
+    return tmp_path
+
+
+def test_init_writes_config_and_0600_keyring(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--workspace-crn", "crn:local:ws-cli"]) == 0
+    assert 'workspace_crn = "crn:local:ws-cli"' in (workdir / "lockkit.toml").read_text()
+    ring = workdir / ".lockkit" / "keyring.json"
+    assert os.stat(ring).st_mode & 0o777 == 0o600
+    out = capsys.readouterr().out
+    assert "wrote keyring" in out and "material" not in out
+
+
+def test_init_refuses_to_overwrite_keyring(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    ring = workdir / ".lockkit" / "keyring.json"
+    before = ring.read_bytes()
+    assert main(["init"]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert ring.read_bytes() == before
+    assert main(["init", "--if-missing"]) == 0
+    assert ring.read_bytes() == before
+
+
+def test_init_refuses_a_different_workspace(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--workspace-crn", "crn:local:ws-a"]) == 0
+    assert main(["init", "--workspace-crn", "crn:local:ws-b"]) == 1
+    assert "already configures workspace crn:local:ws-a" in capsys.readouterr().err
+
+
+def test_keys_list_and_rotate(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    secret = (workdir / ".lockkit" / "keyring.json").read_text()
+    capsys.readouterr()
+    assert main(["keys", "rotate"]) == 0
+    assert "version 2 is now primary" in capsys.readouterr().out
+    assert os.stat(workdir / ".lockkit" / "keyring.json").st_mode & 0o777 == 0o600
+    assert main(["keys", "list"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines()[2:]]
+    assert [line[0] for line in lines] == ["1", "2"] and lines[1][-1] == "*"
+    for word in secret.split('"'):
+        if len(word) > 40:
+            assert word not in out
+
+
+def test_keys_commands_without_init_explain(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "list"]) == 1
+    assert "lockkit init" in capsys.readouterr().err
+
+
+def test_zero_code_config_flow(workdir: Path, monkeypatch: pytest.MonkeyPatch, idp: LocalIssuer) -> None:
+    """`lockkit init` + env naming the issuer: Encryption() and LockContext() need no arguments."""
+    assert main(["init"]) == 0
+    monkeypatch.setenv("LOCKKIT_OIDC_ISSUER", idp.issuer)
+    monkeypatch.setenv("LOCKKIT_OIDC_AUDIENCE", idp.audience)
+    users = encrypted_table("users", email=encrypted_column("email"))
+    client = Encryption([users])
+    lc = LockContext().identify(idp.mint("carol")).unwrap()
+    enc = client.encrypt("c@example.com", column=users.email, table=users).with_lock_context(lc).unwrap()
+    assert client.decrypt(enc).with_lock_context(lc).unwrap() == "c@example.com"
+    # a keyring rotated on disk is used by a client built afterwards; old values still open
+    assert main(["keys", "rotate"]) == 0
+    from lockkit.cts import _defaults
+
+    _defaults.clear()
+    client2 = Encryption([users])
+    lc2 = LockContext().identify(idp.mint("carol")).unwrap()
+    enc2 = client2.encrypt("new", column=users.email, table=users).with_lock_context(lc2).unwrap()
+    assert enc2["kid"] == "2"
+    assert client2.decrypt(enc).with_lock_context(lc2).unwrap() == "c@example.com"
+    _defaults.clear()
+
+
+def test_console_script_runs(workdir: Path) -> None:
+    exe = Path(sys.executable).with_name("lockkit")
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "init" in proc.stdout

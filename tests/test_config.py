@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lockkit import ConfigurationError, Encryption, LockContext
+from lockkit.config import load_settings, parse_crn, render_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "lockkit.toml"
+    p.write_text(text)
+    return p
+
+
+def test_no_workspace_raises_with_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="lockkit init.*LOCKKIT_WORKSPACE_CRN"):
+        load_settings(env={}, cwd=tmp_path)
+
+
+def test_encryption_without_workspace_raises_at_construction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("LOCKKIT_WORKSPACE_CRN", "CS_WORKSPACE_CRN", "LOCKKIT_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigurationError, match="no workspace is configured"):
+        Encryption()
+    with pytest.raises(ConfigurationError, match="no workspace is configured"):
+        LockContext().identify("x.y.z")
+
+
+def test_file_then_env_override(tmp_path: Path) -> None:
+    cfg = write(tmp_path, render_config("crn:local:ws-file"))
+    s = load_settings(cfg, env={})
+    assert s.workspace_crn == "crn:local:ws-file"
+    assert s.keyring_path == tmp_path / ".lockkit/keyring.json"
+    assert (s.region, s.workspace_id) == ("local", "ws-file")
+    s = load_settings(cfg, env={"LOCKKIT_WORKSPACE_CRN": "crn:eu-1:ws-env", "LOCKKIT_CTS_LIFETIME": "120",
+                                "LOCKKIT_KEYSET": "tenant-a", "LOCKKIT_CTS_CLAIMS": "org_id, team"})
+    assert (s.workspace_crn, s.cts_lifetime, s.keyset, s.cts_claims) == ("crn:eu-1:ws-env", 120, "tenant-a", ("org_id", "team"))
+
+
+def test_reference_variable_is_honoured_and_ours_wins(tmp_path: Path) -> None:
+    assert load_settings(env={"CS_WORKSPACE_CRN": "crn:ap-2:ws-cs"}, cwd=tmp_path).workspace_crn == "crn:ap-2:ws-cs"
+    s = load_settings(env={"CS_WORKSPACE_CRN": "crn:ap-2:ws-cs", "LOCKKIT_WORKSPACE_CRN": "crn:local:ws-lk"}, cwd=tmp_path)
+    assert s.workspace_crn == "crn:local:ws-lk"
+
+
+def test_config_file_found_in_cwd_and_via_LOCKKIT_CONFIG(tmp_path: Path) -> None:
+    write(tmp_path, 'workspace_crn = "crn:local:ws-cwd"\n')
+    assert load_settings(env={}, cwd=tmp_path).workspace_crn == "crn:local:ws-cwd"
+    other = tmp_path / "other.toml"
+    other.write_text('workspace_crn = "crn:local:ws-other"\n')
+    assert load_settings(env={"LOCKKIT_CONFIG": str(other)}, cwd=tmp_path).workspace_crn == "crn:local:ws-other"
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_settings(env={"LOCKKIT_CONFIG": str(tmp_path / "missing.toml")}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("crn", ["", "ws-1", "crn:local", "crn::ws", "crn:LOCAL:ws", "crn:local:ws 1", "arn:local:ws"])
+def test_malformed_crn(crn: str) -> None:
+    with pytest.raises(ConfigurationError, match="malformed"):
+        parse_crn(crn)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('workspace_crn = "crn:local:ws"\nbogus = 1\n', "unknown key"),
+        ('workspace_crn = "crn:local:ws"\n[cts]\nlifetime = 5\n', "out of range"),
+        ('workspace_crn = "crn:local:ws"\n[cts]\nlifetime = 99999\n', "out of range"),
+        ('workspace_crn = "crn:local:ws"\n[cts]\nlifetime = "soon"\n', "whole number"),
+        ('workspace_crn = "crn:local:ws"\n[cts]\nclaims = ["sub"]\n', "may not list"),
+        ('workspace_crn = "crn:local:ws"\nkeyset = "bad name!"\n', "keyset name"),
+        ('workspace_crn = = "x"\n', "not valid TOML"),
+        ('workspace_crn = 5\n', "must be a string"),
+        ('workspace_crn = "crn:local:ws"\n[[issuers]]\nissuer = "https://i"\n', "audience"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        load_settings(write(tmp_path, text), env={})
+
+
+def test_issuers_from_file_and_env(tmp_path: Path) -> None:
+    cfg = write(tmp_path, render_config("crn:local:ws", issuers=[
+        {"issuer": "https://a.example", "audience": ["app"], "jwks_uri": "https://a.example/jwks"}]))
+    s = load_settings(cfg, env={"LOCKKIT_OIDC_ISSUER": "https://b.example", "LOCKKIT_OIDC_AUDIENCE": "app2"})
+    assert [i.issuer for i in s.issuers] == ["https://a.example", "https://b.example"]
+    assert s.issuers[1].jwks_uri == "https://b.example/.well-known/jwks.json"
+    assert s.issuers[1].audiences == ("app2",)
+
+
+def test_inline_keyring_env_wins_over_path(tmp_path: Path) -> None:
+    s = load_settings(env={"LOCKKIT_WORKSPACE_CRN": "crn:local:ws", "LOCKKIT_KEYRING_JSON": "{}"}, cwd=tmp_path)
+    assert s.keyring_path is None and s.keyring_json == "{}"
+    assert "{}" not in repr(s)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from lockkit import errors
+from lockkit.errors import ERROR_CLASSES, Failure, LockkitError, Result
+
+
+@pytest.mark.parametrize(
+    ("failure_type", "cls"),
+    [
+        ("ClientInitError", errors.ClientInitError),
+        ("CtsTokenError", errors.CtsTokenError),
+        ("LockContextError", errors.LockContextError),
+        ("EncryptionError", errors.EncryptionError),
+        ("DecryptionError", errors.DecryptionError),
+        ("IdentityError", errors.IdentityError),
+    ],
+)
+def test_failure_type_maps_to_class(failure_type: str, cls: type[LockkitError]) -> None:
+    assert ERROR_CLASSES[failure_type] is cls
+    assert cls("boom").to_failure() == Failure(failure_type, "boom")  # type: ignore[arg-type]
+    with pytest.raises(cls, match="boom"):
+        Result(failure=Failure(failure_type, "boom")).unwrap()  # type: ignore[arg-type]
+
+
+def test_subclasses_report_their_parent_type() -> None:
+    assert errors.ConfigurationError("x").failure_type == "ClientInitError"
+    assert errors.ExpiredCredentialError("x").reason == "expired"
+    assert errors.MissingCredentialError("x").reason == "missing"
+    assert errors.ProviderUnavailableError("x").reason == "unavailable"
+
+
+def test_result_none_is_data() -> None:
+    r: Result[None] = Result(None)
+    assert r.ok and r.failure is None and r.unwrap() is None
+
+
+def test_result_is_immutable_and_repr_hides_data() -> None:
+    r = Result("secret plaintext")
+    with pytest.raises(AttributeError):
+        r.data = "x"  # type: ignore[misc]
+    assert "secret" not in repr(r)
+    f = Failure("DecryptionError", "m")
+    with pytest.raises(AttributeError):
+        f.message = "x"  # type: ignore[misc]

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from lockkit import ConfigurationError
+from lockkit.keys.keyring import Keyring, load_keyring
+
+CRN = "crn:local:ws-k"
+
+
+def test_save_is_0600_and_round_trips(tmp_path: Path) -> None:
+    ring = Keyring.generate(CRN)
+    p = tmp_path / "d" / "keyring.json"
+    ring.save(p)
+    assert os.stat(p).st_mode & 0o777 == 0o600
+    assert os.stat(p.parent).st_mode & 0o777 == 0o700
+    again = Keyring.load(p)
+    assert again.workspace_crn == CRN
+    assert again.derive(1, ["x"]) == ring.derive(1, ["x"])
+    assert again.derive(None, ["x"]) == ring.derive(None, ["x"])
+
+
+def test_refuses_to_overwrite(tmp_path: Path) -> None:
+    p = tmp_path / "keyring.json"
+    Keyring.generate(CRN).save(p)
+    before = p.read_bytes()
+    with pytest.raises(ConfigurationError, match="refusing to overwrite"):
+        Keyring.generate(CRN).save(p)
+    assert p.read_bytes() == before
+
+
+def test_loose_permissions_refused(tmp_path: Path) -> None:
+    p = tmp_path / "keyring.json"
+    Keyring.generate(CRN).save(p)
+    os.chmod(p, 0o644)
+    with pytest.raises(ConfigurationError, match="chmod 600"):
+        Keyring.load(p)
+
+
+def test_missing_and_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="lockkit init"):
+        Keyring.load(tmp_path / "nope.json")
+    with pytest.raises(ConfigurationError, match="not a regular file"):
+        d = tmp_path / "dir.json"
+        d.mkdir(mode=0o700)
+        Keyring.load(d)
+
+
+def test_symlink_refused(tmp_path: Path) -> None:
+    p = tmp_path / "keyring.json"
+    Keyring.generate(CRN).save(p)
+    link = tmp_path / "link.json"
+    link.symlink_to(p)
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        Keyring.load(link)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: "not json",
+        lambda d: json.dumps({**d, "format": "other"}),
+        lambda d: json.dumps({**d, "keys": []}),
+        lambda d: json.dumps({**d, "primary": 7}),
+        lambda d: json.dumps({**d, "index_key": "!!!"}),
+        lambda d: json.dumps({**d, "keys": [{**d["keys"][0], "material": "AAAA"}]}),
+        lambda d: json.dumps({**d, "keys": [d["keys"][0], d["keys"][0]]}),
+        lambda d: json.dumps({k: v for k, v in d.items() if k != "workspace_crn"}),
+        lambda d: json.dumps([d]),
+    ],
+)
+def test_malformed_keyring_is_an_error_never_a_new_key(tmp_path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
+    good = json.loads(Keyring.generate(CRN).to_json())
+    p = tmp_path / "keyring.json"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, mutate(good).encode())
+    os.close(fd)
+    before = p.read_bytes()
+    with pytest.raises(ConfigurationError) as info:
+        Keyring.load(p)
+    assert good["keys"][0]["material"] not in str(info.value)
+    assert p.read_bytes() == before
+
+
+def test_rotation_keeps_old_versions(tmp_path: Path) -> None:
+    ring = Keyring.generate(CRN, now=100)
+    old = ring.derive(1, ["c"])
+    assert ring.rotate(now=200) == 2
+    assert ring.primary == 2
+    assert [(v.version, v.created, v.primary) for v in ring.versions()] == [(1, 100, False), (2, 200, True)]
+    assert ring.derive(1, ["c"]) == old != ring.derive(2, ["c"])
+
+
+def test_repr_and_pickle_never_show_material() -> None:
+    ring = Keyring.generate(CRN)
+    material = json.loads(ring.to_json())["keys"][0]["material"]
+    assert material not in repr(ring)
+    with pytest.raises(TypeError):
+        pickle.dumps(ring)
+
+
+def test_inline_json_wins(tmp_path: Path) -> None:
+    ring = Keyring.generate(CRN)
+    assert load_keyring(tmp_path / "absent.json", ring.to_json()).derive(1, ["a"]) == ring.derive(1, ["a"])
+    with pytest.raises(ConfigurationError, match="LOCKKIT_KEYRING_JSON"):
+        load_keyring(None, "{bad")
