@@ -1,0 +1,817 @@
+"""OIDC verification core: JWKS fetch and cache, strict JWT verification.
+
+This is the advanced layer under the identity-provider plugins. A provider builds an
+:class:`OIDCVerifier` from an :class:`IssuerConfig` and calls :meth:`OIDCVerifier.verify`;
+several trusted issuers are combined with :class:`IssuerRouter`.
+
+Security defaults, on purpose (each one is where misuse would happen):
+
+* Algorithms are pinned per issuer and must be asymmetric. ``none`` and every ``HS*``
+  algorithm are refused at configuration time, so an attacker cannot pick the algorithm.
+* Headers that ask the verifier to trust key material or extensions named by the token
+  itself (``jku``, ``x5u``, ``jwk``, ``x5c``, ``crit``, ``b64``) are refused.
+* ``exp`` is required; ``iss`` is compared exactly; ``aud`` / ``azp`` are checked;
+  ``sub`` must be a non-empty string. The leeway is small and bounded.
+* Keys come only from the configured JWKS URI (cached, refetched at most once per
+  ``jwks_min_refetch_interval`` for an unknown ``kid``) or from static keys in the
+  configuration. RSA keys under 2048 bits are never used.
+
+Every foreign exception (PyJWT, cryptography, requests, JSON) is translated here into a
+:class:`~lockkit.errors.IdentityError` subclass; messages never contain the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeAlias
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from lockkit.errors import (
+    ConfigurationError,
+    ExpiredCredentialError,
+    InvalidCredentialError,
+    ProviderUnavailableError,
+)
+
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "Claims",
+    "IssuerConfig",
+    "IssuerRouter",
+    "JWKSCache",
+    "OIDCVerifier",
+    "PublicKey",
+    "TokenVerifier",
+]
+
+Claims: TypeAlias = dict[str, Any]
+"""Verified claims of an identity token (a JSON object)."""
+
+PublicKey: TypeAlias = (
+    rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+)
+"""A public key object that can check an identity token's signature."""
+
+ALLOWED_ALGORITHMS: Final[frozenset[str]] = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+)
+"""Asymmetric JWS algorithms an issuer may be pinned to. Never ``none``, never ``HS*``."""
+
+MIN_RSA_KEY_BITS: Final = 2048
+MAX_LEEWAY: Final = 300.0
+MAX_SUB_LENGTH: Final = 255
+MAX_JWKS_BYTES: Final = 1 << 20
+
+# Headers that make the token name its own key or extensions: never honoured.
+_FORBIDDEN_HEADERS: Final = ("crit", "jku", "x5u", "jwk", "x5c", "b64")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_EC_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
+    "ES256": ec.SECP256R1,
+    "ES384": ec.SECP384R1,
+}
+# PyJWT does the signature check only; claims are checked below with the caller's `now`.
+_PYJWT = jwt.PyJWT(
+    options={
+        "verify_signature": True,
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+        "verify_aud": False,
+        "verify_iss": False,
+        "verify_sub": False,
+        "verify_jti": False,
+        "require": [],
+        "enforce_minimum_key_length": True,
+    }
+)
+_SIGNATURE_ERRORS: Final = (jwt.PyJWTError, ValueError, TypeError, UnsupportedAlgorithm)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A short ``repr`` of an untrusted value, for ``detail`` strings."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _str_tuple(name: str, value: object, issuer: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise ConfigurationError(
+            f"{name} for issuer {issuer!r} must be a tuple of strings, not {type(value).__name__}"
+        )
+    if not all(isinstance(item, str) and item for item in value):
+        raise ConfigurationError(f"{name} for issuer {issuer!r} must contain non-empty strings")
+    return tuple(value)
+
+
+def _positive(name: str, value: object, issuer: str, *, allow_zero: bool = False) -> None:
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not ok:
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise ConfigurationError(f"set {name} for issuer {issuer!r} to a number {bound}")
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """How to verify identity tokens from one issuer.
+
+    :param issuer: the exact ``iss`` value (no normalisation: ``https://x/`` is not
+        ``https://x``).
+    :param audiences: accepted ``aud`` values; when set, ``aud`` is required.
+    :param authorized_parties: accepted ``azp`` values; when set, a present ``azp`` must be
+        one of them, and with no ``audiences`` configured ``azp`` is required.
+    :param jwks_uri: where the issuer publishes its public keys (https, or http on loopback).
+    :param static_keys: PEM public keys (or certificates), JWK or JWKS JSON strings; use
+        instead of ``jwks_uri``, never both.
+    :param algorithms: the pinned algorithms. **Security:** only asymmetric algorithms are
+        allowed; pin exactly what the issuer uses.
+    :param leeway: clock skew allowance in seconds for ``exp``/``nbf``/``iat`` (0-300).
+    :param namespace: identity namespace that keys are bound to; defaults to ``issuer``.
+    :raises ConfigurationError: when a field is missing or invalid; the message names it.
+    """
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    authorized_parties: tuple[str, ...] = ()
+    jwks_uri: str | None = None
+    static_keys: tuple[str, ...] = field(default=(), repr=False)
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway: float = 5.0
+    namespace: str | None = None
+    max_token_bytes: int = 16384
+    jwks_ttl: float = 300.0
+    jwks_min_refetch_interval: float = 30.0
+    http_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.issuer, str) or not self.issuer.strip():
+            raise ConfigurationError("set issuer: it must be a non-empty string")
+        issuer = self.issuer
+        for name in ("audiences", "authorized_parties", "static_keys", "algorithms"):
+            object.__setattr__(self, name, _str_tuple(name, getattr(self, name), issuer))
+        if not self.audiences and not self.authorized_parties:
+            raise ConfigurationError(
+                f"set audience (or authorized_parties) for issuer {issuer!r}: "
+                "tokens meant for other applications would be accepted otherwise"
+            )
+        if (self.jwks_uri is None) == (not self.static_keys):
+            raise ConfigurationError(
+                f"set exactly one key source for issuer {issuer!r}: jwks_uri or static keys"
+            )
+        if self.jwks_uri is not None:
+            _check_jwks_uri(self.jwks_uri, issuer)
+        if not self.algorithms:
+            raise ConfigurationError(f"set algorithms for issuer {issuer!r}, e.g. ('RS256',)")
+        bad = [alg for alg in self.algorithms if alg not in ALLOWED_ALGORITHMS]
+        if bad:
+            raise ConfigurationError(
+                f"algorithms {bad!r} are not allowed for issuer {issuer!r}; "
+                f"use asymmetric algorithms from {sorted(ALLOWED_ALGORITHMS)}"
+            )
+        leeway = self.leeway
+        if (
+            not isinstance(leeway, (int, float))
+            or isinstance(leeway, bool)
+            or not 0 <= leeway <= MAX_LEEWAY  # also false for NaN
+        ):
+            raise ConfigurationError(
+                f"set leeway for issuer {issuer!r} to a number of seconds between 0 and 300"
+            )
+        if self.namespace is not None and (
+            not isinstance(self.namespace, str) or not self.namespace
+        ):
+            raise ConfigurationError(f"namespace for issuer {issuer!r} must be a non-empty string")
+        if isinstance(self.max_token_bytes, bool) or not isinstance(self.max_token_bytes, int):
+            raise ConfigurationError(f"set max_token_bytes for issuer {issuer!r} to an integer")
+        _positive("max_token_bytes", self.max_token_bytes, issuer)
+        _positive("jwks_ttl", self.jwks_ttl, issuer)
+        _positive("jwks_min_refetch_interval", self.jwks_min_refetch_interval, issuer, allow_zero=True)
+        _positive("http_timeout", self.http_timeout, issuer)
+        if self.static_keys:
+            _parse_static_keys(self.static_keys, issuer)  # fail at start-up, not per request
+
+    @property
+    def identity_namespace(self) -> str:
+        """The namespace identities from this issuer live in: ``namespace`` or ``issuer``."""
+        return self.namespace or self.issuer
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> IssuerConfig:
+        """Build a config from the TOML/dict shape.
+
+        Keys: ``issuer``, ``audience`` (str or list), ``authorized_parties``, ``jwks_uri``,
+        ``keys`` (list of PEM/JWK strings), ``algorithms``, ``leeway``, ``namespace``, and the
+        tuning knobs ``max_token_bytes``, ``jwks_ttl``, ``jwks_min_refetch_interval``,
+        ``http_timeout``.
+
+        :raises ConfigurationError: for unknown keys, wrong types or invalid values.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigurationError("issuer configuration must be a table (mapping)")
+        unknown = sorted(set(data) - _MAPPING_KEYS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown issuer configuration key(s) {unknown}; known keys: {sorted(_MAPPING_KEYS)}"
+            )
+        issuer = data.get("issuer")
+        if not isinstance(issuer, str) or not issuer:
+            raise ConfigurationError("set issuer: it must be a non-empty string")
+
+        def str_list(key: str) -> tuple[str, ...]:
+            value = data.get(key, [])
+            if isinstance(value, str) and key == "audience":
+                value = [value]
+            if not isinstance(value, list):
+                raise ConfigurationError(f"{key} for issuer {issuer!r} must be a list of strings")
+            return _str_tuple(key, value, issuer)
+
+        kwargs: dict[str, Any] = {
+            "issuer": issuer,
+            "audiences": str_list("audience"),
+            "authorized_parties": str_list("authorized_parties"),
+            "static_keys": str_list("keys"),
+        }
+        if "algorithms" in data:
+            kwargs["algorithms"] = str_list("algorithms")
+        for key in ("jwks_uri", "namespace"):
+            if key in data:
+                if not isinstance(data[key], str):
+                    raise ConfigurationError(f"{key} for issuer {issuer!r} must be a string")
+                kwargs[key] = data[key]
+        for key, attr in _NUMERIC_KEYS.items():
+            if key in data:
+                kwargs[attr] = data[key]
+        return cls(**kwargs)
+
+
+_NUMERIC_KEYS: Final = {
+    "leeway": "leeway",
+    "max_token_bytes": "max_token_bytes",
+    "jwks_ttl": "jwks_ttl",
+    "jwks_min_refetch_interval": "jwks_min_refetch_interval",
+    "http_timeout": "http_timeout",
+}
+_MAPPING_KEYS: Final = frozenset(
+    {"issuer", "audience", "authorized_parties", "jwks_uri", "keys", "algorithms", "namespace"}
+    | set(_NUMERIC_KEYS)
+)
+
+
+def _check_jwks_uri(uri: object, issuer: str) -> None:
+    if not isinstance(uri, str):
+        raise ConfigurationError(f"jwks_uri for issuer {issuer!r} must be a string")
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+    except ValueError as err:
+        raise ConfigurationError(f"jwks_uri for issuer {issuer!r} is not a valid URL") from err
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and host in _LOOPBACK_HOSTS:
+        return
+    raise ConfigurationError(
+        f"set jwks_uri for issuer {issuer!r} to an https:// URL (plain http only on loopback)"
+    )
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class _Key:
+    kid: str | None
+    alg: str | None
+    key: PublicKey = field(repr=False)
+
+
+def _usable_public_key(key: object) -> PublicKey | None:
+    if isinstance(key, rsa.RSAPublicKey):
+        return key if key.key_size >= MIN_RSA_KEY_BITS else None
+    if isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return key
+    return None
+
+
+def _key_fits(key: PublicKey, alg: str) -> bool:
+    """Whether ``key`` is the right type for ``alg`` (so ``alg`` cannot be switched)."""
+    if alg[:2] in ("RS", "PS"):
+        return isinstance(key, rsa.RSAPublicKey)
+    if alg in _EC_CURVES:
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
+    if alg == "EdDSA":
+        return isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
+    return False
+
+
+def _parse_jwk(jwk: object) -> _Key | None:
+    """Parse one published JWK; ``None`` when it must not be used for verification."""
+    if not isinstance(jwk, dict):
+        return None
+    use, alg, kid, ops = jwk.get("use"), jwk.get("alg"), jwk.get("kid"), jwk.get("key_ops")
+    if use is not None and use != "sig":
+        return None
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return None
+    if alg is not None and alg not in ALLOWED_ALGORITHMS:
+        return None
+    if kid is not None and not isinstance(kid, str):
+        return None
+    if "d" in jwk:  # private key material published: refuse rather than guess
+        return None
+    kty = jwk.get("kty")
+    parsed: object
+    try:
+        if kty == "RSA":
+            parsed = RSAAlgorithm.from_jwk(jwk)
+        elif kty == "EC":
+            parsed = ECAlgorithm.from_jwk(jwk)
+        elif kty == "OKP":
+            parsed = OKPAlgorithm.from_jwk(jwk)
+        else:  # "oct" (symmetric) and anything unknown
+            return None
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, UnsupportedAlgorithm):
+        return None
+    key = _usable_public_key(parsed)
+    if key is None or (alg is not None and not _key_fits(key, alg)):
+        return None
+    return _Key(kid, alg, key)
+
+
+def _parse_static_keys(sources: Sequence[str], issuer: str) -> tuple[_Key, ...]:
+    keys: list[_Key] = []
+    for index, source in enumerate(sources, start=1):
+        where = f"static key #{index} for issuer {issuer!r}"
+        text = source.strip()
+        if text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except ValueError as err:
+                raise ConfigurationError(f"{where} is not valid JWK/JWKS JSON") from err
+            jwks = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
+            if not isinstance(jwks, list) or not jwks:
+                raise ConfigurationError(f"{where}: a JWKS needs a non-empty 'keys' list")
+            for jwk in jwks:
+                parsed = _parse_jwk(jwk)
+                if parsed is None:
+                    raise ConfigurationError(
+                        f"{where} is not a usable public signing key "
+                        "(asymmetric, use 'sig', RSA at least 2048 bits, no private part)"
+                    )
+                keys.append(parsed)
+            continue
+        try:
+            if "-----BEGIN CERTIFICATE-----" in text:
+                loaded: object = x509.load_pem_x509_certificate(text.encode()).public_key()
+            else:
+                loaded = load_pem_public_key(text.encode())
+        except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+            raise ConfigurationError(
+                f"{where} is not a PEM public key or certificate (never configure a private key)"
+            ) from err
+        key = _usable_public_key(loaded)
+        if key is None:
+            raise ConfigurationError(
+                f"{where} is not a usable public key (RSA at least 2048 bits, EC or Ed25519/Ed448)"
+            )
+        keys.append(_Key(None, None, key))
+    return tuple(keys)
+
+
+def _select(keys: Sequence[_Key], kid: str | None, alg: str, issuer: str) -> _Key | None:
+    """Pick the key for a token header; ``None`` means the ``kid`` is unknown.
+
+    :raises InvalidCredentialError: no ``kid`` while several keys exist, or the ``kid``'s key
+        does not fit ``alg``.
+    """
+    if kid is None:
+        if len(keys) != 1:
+            raise InvalidCredentialError(
+                "token has no key id",
+                detail=f"token without kid; issuer {issuer!r} has {len(keys)} keys",
+            )
+        matches = list(keys)
+    else:
+        matches = [k for k in keys if k.kid == kid]
+        if not matches and len(keys) == 1 and keys[0].kid is None:
+            matches = list(keys)  # a single static PEM key has no kid of its own
+        if not matches:
+            return None
+    for candidate in matches:
+        if (candidate.alg is None or candidate.alg == alg) and _key_fits(candidate.key, alg):
+            return candidate
+    raise InvalidCredentialError(
+        "token algorithm does not match its signing key",
+        detail=f"alg {alg!r} does not fit key {_show(kid)} of issuer {issuer!r}",
+    )
+
+
+class _KeySource(Protocol):
+    def get_signing_key(self, kid: str | None, alg: str, now: float | None = None) -> PublicKey: ...
+
+
+class _StaticKeys:
+    """Keys from the configuration; never fetched."""
+
+    def __init__(self, keys: tuple[_Key, ...], issuer: str) -> None:
+        self._keys = keys
+        self._issuer = issuer
+
+    def get_signing_key(self, kid: str | None, alg: str, now: float | None = None) -> PublicKey:
+        key = _select(self._keys, kid, alg, self._issuer)
+        if key is None:
+            raise InvalidCredentialError(
+                "token signing key is not known",
+                detail=f"kid {_show(kid)} not among static keys of issuer {self._issuer!r}",
+            )
+        return key.key
+
+
+class JWKSCache:
+    """Fetches and caches an issuer's JWKS.
+
+    Keys are cached for ``ttl`` seconds. A token with an unknown ``kid`` causes at most one
+    refetch per ``min_refetch_interval`` (so junk tokens cannot hammer the IdP). A failed
+    refresh keeps serving the previous keys. Thread-safe; fetches are serialised.
+
+    ``fetch_count`` counts fetch attempts (for tests and metrics).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        ttl: float = 300.0,
+        min_refetch_interval: float = 30.0,
+        timeout: float = 5.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.uri = uri
+        self.ttl = ttl
+        self.min_refetch_interval = min_refetch_interval
+        self.timeout = timeout
+        self.fetch_count = 0
+        self._session = session
+        self._lock = threading.Lock()
+        self._keys: tuple[_Key, ...] = ()
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None  # last fetch attempt
+        self._last_error: Exception | None = None
+
+    def __repr__(self) -> str:
+        return f"JWKSCache(uri={self.uri!r}, keys={len(self._keys)}, fetch_count={self.fetch_count})"
+
+    def get_signing_key(self, kid: str | None, alg: str, now: float | None = None) -> PublicKey:
+        """Return the public key for a token's ``kid`` and ``alg``.
+
+        :param kid: the token header's ``kid`` (``None`` is accepted only when the issuer
+            publishes exactly one usable key).
+        :param alg: the token's (already pinned) algorithm; the key must fit it.
+        :param now: unix time; defaults to ``time.time()``.
+        :raises ProviderUnavailableError: the JWKS could not be fetched and nothing is cached.
+        :raises InvalidCredentialError: unknown ``kid`` (after one rate-limited refetch),
+            missing ``kid`` with several keys, or a key that does not fit ``alg``.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            if self._is_stale(now) and self._may_fetch(now):
+                self._refresh(now)
+            if self._fetched_at is None:
+                raise ProviderUnavailableError(
+                    "identity provider keys are unavailable",
+                    detail=f"could not fetch JWKS from {self.uri}: {self._last_error}",
+                ) from self._last_error
+            key = _select(self._keys, kid, alg, self.uri)
+            if key is None and self._may_fetch(now):
+                self._refresh(now)
+                key = _select(self._keys, kid, alg, self.uri)
+            if key is None:
+                raise InvalidCredentialError(
+                    "token signing key is not known",
+                    detail=f"kid {_show(kid)} not in JWKS {self.uri}",
+                )
+            return key.key
+
+    def _is_stale(self, now: float) -> bool:
+        return self._fetched_at is None or abs(now - self._fetched_at) >= self.ttl
+
+    def _may_fetch(self, now: float) -> bool:
+        # abs(): a clock that jumped backwards counts as time passed, not as "never again"
+        return self._attempted_at is None or abs(now - self._attempted_at) >= self.min_refetch_interval
+
+    def _refresh(self, now: float) -> None:
+        self._attempted_at = now
+        self.fetch_count += 1
+        try:
+            keys = self._fetch()
+        except (requests.RequestException, ValueError) as err:
+            self._last_error = err  # keep serving the stale keys, if any
+            return
+        self._keys = keys
+        self._fetched_at = now
+        self._last_error = None
+
+    def _fetch(self) -> tuple[_Key, ...]:
+        get = self._session.get if self._session is not None else requests.get
+        response = get(
+            self.uri,
+            timeout=self.timeout,
+            headers={"Accept": "application/json"},
+            allow_redirects=False,
+            stream=True,
+        )
+        with response:
+            if response.status_code != 200:
+                raise ValueError(f"JWKS answered HTTP {response.status_code}")
+            body = bytearray()
+            for chunk in response.iter_content(chunk_size=65536):
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError("JWKS document is too large")
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise ValueError("JWKS document has no 'keys' list")
+        return tuple(key for key in map(_parse_jwk, data["keys"]) if key is not None)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _decode_segment(segment: str, what: str) -> dict[str, Any]:
+    """Decode one base64url JSON-object segment of a compact JWS."""
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != segment:
+            raise ValueError("non-canonical base64url")
+        data = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (ValueError, binascii.Error, RecursionError) as err:
+        raise InvalidCredentialError(
+            "token is malformed", detail=f"token {what} is not base64url JSON: {err}"
+        ) from err
+    if not isinstance(data, dict):
+        raise InvalidCredentialError(
+            "token is malformed", detail=f"token {what} is a JSON {type(data).__name__}, not an object"
+        )
+    return data
+
+
+def _split_token(token: object, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the compact shape and return the *unverified* header and payload."""
+    if not isinstance(token, str):
+        raise InvalidCredentialError(
+            "token is malformed", detail=f"token is a {type(token).__name__}, not a str"
+        )
+    if len(token) > max_bytes:  # non-ASCII is refused below, so characters == bytes
+        raise InvalidCredentialError(
+            "token is too large", detail=f"token is over {max_bytes} bytes"
+        )
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_B64URL.fullmatch(part) for part in parts):
+        raise InvalidCredentialError(
+            "token is malformed", detail="token is not three non-empty base64url segments"
+        )
+    return _decode_segment(parts[0], "header"), _decode_segment(parts[1], "payload")
+
+
+def _numeric_date(claims: Claims, name: str, *, required: bool) -> float | None:
+    if name not in claims:
+        if required:
+            raise InvalidCredentialError(f"token has no {name} claim")
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidCredentialError(
+            f"token {name} claim is not a number", detail=f"{name} is a {type(value).__name__}"
+        )
+    try:
+        number = float(value)
+    except OverflowError as err:
+        raise InvalidCredentialError(f"token {name} claim is out of range") from err
+    if not math.isfinite(number):
+        raise InvalidCredentialError(f"token {name} claim is out of range")
+    return number
+
+
+class OIDCVerifier:
+    """Strict verifier for one issuer's identity tokens.
+
+    :param config: what to trust; see :class:`IssuerConfig`.
+    :param session: optional ``requests.Session`` for the JWKS fetches.
+    """
+
+    def __init__(self, config: IssuerConfig, *, session: requests.Session | None = None) -> None:
+        self.config = config
+        self.issuer = config.issuer
+        self.namespace = config.identity_namespace
+        self.jwks: JWKSCache | None = None
+        self._keys: _KeySource
+        if config.jwks_uri is not None:
+            self.jwks = JWKSCache(
+                config.jwks_uri,
+                ttl=config.jwks_ttl,
+                min_refetch_interval=config.jwks_min_refetch_interval,
+                timeout=config.http_timeout,
+                session=session,
+            )
+            self._keys = self.jwks
+        else:
+            self._keys = _StaticKeys(_parse_static_keys(config.static_keys, config.issuer), config.issuer)
+
+    def __repr__(self) -> str:
+        return f"OIDCVerifier(issuer={self.issuer!r}, namespace={self.namespace!r})"
+
+    def verify(self, token: str, now: float | None = None) -> Claims | None:
+        """Verify ``token`` and return its claims, or ``None`` if another issuer made it.
+
+        The unverified ``iss`` is read only to route the token; everything returned has been
+        checked: signature (pinned algorithm, issuer's key), ``iss``, ``aud``/``azp``, ``sub``,
+        ``exp`` (required), ``nbf``, ``iat``.
+
+        :param token: a compact JWT.
+        :param now: unix time; defaults to ``time.time()``.
+        :returns: the verified claims, or ``None`` when the token's ``iss`` is another issuer.
+        :raises InvalidCredentialError: the token is this issuer's (or unroutable) but bad.
+        :raises ExpiredCredentialError: ``exp`` (plus leeway) has passed.
+        :raises ProviderUnavailableError: the issuer's keys cannot be fetched and none are cached.
+        """
+        now = time.time() if now is None else now
+        config = self.config
+        header, unverified = _split_token(token, config.max_token_bytes)
+        iss = unverified.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise InvalidCredentialError(
+                "token has no issuer", detail=f"iss is {type(iss).__name__}, not a string"
+            )
+        if iss != self.issuer:
+            return None  # routing only: another verifier may own this issuer
+
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in config.algorithms:
+            raise InvalidCredentialError(
+                "token algorithm is not allowed",
+                detail=f"alg {_show(alg)} not in {list(config.algorithms)} for {self.issuer!r}",
+            )
+        for name in _FORBIDDEN_HEADERS:
+            if name in header:
+                raise InvalidCredentialError(
+                    "token header is not accepted", detail=f"token header has {name!r}"
+                )
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidCredentialError("token is malformed", detail="kid header is not a string")
+
+        key = self._keys.get_signing_key(kid, alg, now)
+        try:
+            decoded = _PYJWT.decode_complete(token, key=key, algorithms=[alg])
+        except _SIGNATURE_ERRORS as err:
+            raise InvalidCredentialError(
+                "token signature is invalid",
+                detail=f"{type(err).__name__}: {err} (issuer {self.issuer!r}, kid {_show(kid)})",
+            ) from err
+        claims: Claims = decoded["payload"]
+        self._check_claims(claims, now)
+        return claims
+
+    def _check_claims(self, claims: Claims, now: float) -> None:
+        config = self.config
+        if claims.get("iss") != self.issuer:  # same bytes as routed on; kept as a guard
+            raise InvalidCredentialError("token issuer is wrong")
+        exp = _numeric_date(claims, "exp", required=True)
+        nbf = _numeric_date(claims, "nbf", required=False)
+        iat = _numeric_date(claims, "iat", required=False)
+
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
+            raise InvalidCredentialError(
+                "token subject is missing or invalid",
+                detail=f"sub must be a non-empty string of at most {MAX_SUB_LENGTH} characters",
+            )
+
+        if config.audiences:
+            aud = claims.get("aud")
+            audiences = [aud] if isinstance(aud, str) else aud
+            if (
+                not isinstance(audiences, list)
+                or not audiences
+                or not all(isinstance(item, str) for item in audiences)
+            ):
+                raise InvalidCredentialError(
+                    "token audience is missing or invalid",
+                    detail=f"aud is {type(aud).__name__}; expected one of {list(config.audiences)}",
+                )
+            if not set(audiences) & set(config.audiences):
+                raise InvalidCredentialError(
+                    "token is not meant for this application",
+                    detail=f"aud does not include any of {list(config.audiences)}",
+                )
+        if config.authorized_parties:
+            azp = claims.get("azp")
+            if azp is None:
+                if not config.audiences:
+                    raise InvalidCredentialError("token has no authorized party (azp)")
+            elif not isinstance(azp, str) or azp not in config.authorized_parties:
+                raise InvalidCredentialError(
+                    "token authorized party is not allowed",
+                    detail=f"azp is not one of {list(config.authorized_parties)}",
+                )
+
+        leeway = config.leeway
+        assert exp is not None  # required=True
+        if now > exp + leeway:
+            raise ExpiredCredentialError("token has expired", detail=f"exp {exp} < now {now}")
+        if nbf is not None and nbf > now + leeway:
+            raise InvalidCredentialError("token is not valid yet", detail=f"nbf {nbf} > now {now}")
+        if iat is not None and iat > now + leeway:
+            raise InvalidCredentialError(
+                "token was issued in the future", detail=f"iat {iat} > now {now}"
+            )
+
+
+# --------------------------------------------------------------------------- several issuers
+
+
+class TokenVerifier(Protocol):
+    """Anything that verifies identity tokens for one issuer (OIDC, or a provider plugin).
+
+    ``verify`` returns ``None`` for a token that is not this verifier's, so the next one may
+    try it, and raises an :class:`~lockkit.errors.IdentityError` for one that is but is bad.
+    """
+
+    @property
+    def namespace(self) -> str:
+        """The identity namespace that keys for this verifier's users are bound to."""
+        ...
+
+    def verify(self, token: str, now: float | None = None) -> Claims | None:
+        """Verified claims, ``None`` for another issuer's token.
+
+        :raises IdentityError: the token is this verifier's but unusable.
+        """
+        ...
+
+
+class IssuerRouter:
+    """Tries several trusted verifiers in order; the first that claims the token decides.
+
+    :raises ConfigurationError: when constructed with no verifiers.
+    """
+
+    def __init__(self, verifiers: Sequence[TokenVerifier]) -> None:
+        if not verifiers:
+            raise ConfigurationError("configure at least one trusted issuer")
+        self.verifiers: tuple[TokenVerifier, ...] = tuple(verifiers)
+
+    def __repr__(self) -> str:
+        return f"IssuerRouter({list(self.verifiers)!r})"
+
+    def verify(self, token: str, now: float | None = None) -> tuple[TokenVerifier, Claims]:
+        """Return the verifier that owns ``token`` and the verified claims.
+
+        :raises InvalidCredentialError: no verifier trusts the token's issuer, or the owning
+            verifier rejected it.
+        :raises ExpiredCredentialError: the owning verifier found it expired.
+        :raises ProviderUnavailableError: the owning issuer's keys cannot be fetched.
+        """
+        for verifier in self.verifiers:
+            claims = verifier.verify(token, now=now)
+            if claims is not None:
+                return verifier, claims
+        raise InvalidCredentialError("token issuer is not trusted")
