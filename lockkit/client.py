@@ -142,9 +142,9 @@ class Encryption:
         for t in schemas:
             if not isinstance(t, EncryptedTable):
                 raise ClientInitError("schemas must be encrypted_table(...) objects")
-            if t.name in self._tables:
-                raise ClientInitError(f"table {t.name!r} is declared twice")
-            self._tables[t.name] = t
+            if t.table_name in self._tables:
+                raise ClientInitError(f"table {t.table_name!r} is declared twice")
+            self._tables[t.table_name] = t
 
     def lock_context(self, **kwargs: Any) -> LockContext:
         """A :class:`LockContext` that exchanges through this client's token service."""
@@ -278,7 +278,7 @@ class Encryption:
         def run(lc: LockContext | None) -> dict[str, Any]:
             t = self._table(table)
             col = t.column(column)
-            where = f"{t.name}.{col.name}"
+            where = f"{t.table_name}.{col.name}"
             want_eq = col.equality_index and query_type in (None, "equality")
             want_bf = col.match_index is not None and query_type in (None, "match")
             if query_type == "equality" and not col.equality_index:
@@ -290,7 +290,7 @@ class Encryption:
             if value is None:
                 raise EncryptionError(f"{where}: cannot search for None")
             lock = _lock_for(lc)
-            key = self._release(lock, [KeyRequest(t.name, col.name, "index", locked=lock is not None)])[0]
+            key = self._release(lock, [KeyRequest(t.table_name, col.name, "index", locked=lock is not None)])[0]
             if isinstance(key, LockkitError):
                 raise key
             hasher = TermHasher(key.material)
@@ -320,7 +320,7 @@ class Encryption:
         for i, it in enumerate(items):
             if it.value is None:
                 continue
-            k = (it.table.name, it.col.name)
+            k = (it.table.table_name, it.col.name)
             groups.setdefault(k, []).append(i)
             cols[k] = (it.table, it.col)
         if not groups:
@@ -478,7 +478,7 @@ class Encryption:
                 if col is not None and value is not None and not pl.is_payload(value):
                     raise DecryptionError(f"{field}: expected an encrypted payload")
                 if col is not None or (t is None and pl.is_payload(value)):
-                    items.append((value, (t.name, col.name) if t is not None and col is not None else None))
+                    items.append((value, (t.table_name, col.name) if t is not None and col is not None else None))
                     slots.append((m_i, field))
         outs = self._decrypt_items(items, lc)
         result = [dict(m) for m in models]

@@ -79,16 +79,21 @@ def encrypted_column(name: str) -> EncryptedColumn:
 
 
 class EncryptedTable:
-    """A table's encrypted columns, keyed by model field name: ``users.email`` is a column."""
+    """A table's encrypted columns, keyed by model field name: ``users.email`` (or
+    ``users["email"]``) is a column. The table's own name is ``table_name``."""
 
-    def __init__(self, name: str, columns: dict[str, EncryptedColumn]) -> None:
-        self.name = check_name("table", name)
+    _RESERVED = frozenset({"table_name", "columns", "column"})
+
+    def __init__(self, table_name: str, columns: dict[str, EncryptedColumn]) -> None:
+        self.table_name = check_name("table", table_name)
         seen: set[str] = set()
         for field, col in columns.items():
+            if field in self._RESERVED or field.startswith("_"):
+                raise ClientInitError(f"{table_name}: a field may not be named {field!r}")
             if not isinstance(col, EncryptedColumn):
-                raise ClientInitError(f"{name}.{field} must be an encrypted_column(...)")
+                raise ClientInitError(f"{table_name}.{field} must be an encrypted_column(...)")
             if col.name in seen:
-                raise ClientInitError(f"table {name} declares column {col.name!r} twice")
+                raise ClientInitError(f"table {table_name} declares column {col.name!r} twice")
             seen.add(col.name)
         self.columns: dict[str, EncryptedColumn] = dict(columns)
         self._by_column = {c.name: c for c in columns.values()}
@@ -97,7 +102,13 @@ class EncryptedTable:
         try:
             return self.__dict__["columns"][field]  # type: ignore[no-any-return]
         except KeyError:
-            raise AttributeError(f"table {self.__dict__.get('name')!r} has no column {field!r}") from None
+            raise AttributeError(f"table {self.__dict__.get('table_name')!r} has no column {field!r}") from None
+
+    def __getitem__(self, field: str) -> EncryptedColumn:
+        try:
+            return self.columns[field]
+        except KeyError:
+            raise KeyError(f"table {self.table_name!r} has no column {field!r}") from None
 
     def column(self, ref: EncryptedColumn | str) -> EncryptedColumn:
         """Resolve a column object, a field name or a column name.
@@ -106,26 +117,29 @@ class EncryptedTable:
         """
         if isinstance(ref, EncryptedColumn):
             if self._by_column.get(ref.name) != ref:
-                raise ClientInitError(f"column {ref.name!r} is not part of table {self.name!r}")
+                raise ClientInitError(f"column {ref.name!r} is not part of table {self.table_name!r}")
             return ref
         col = self.columns.get(ref) or self._by_column.get(ref)
         if col is None:
-            raise ClientInitError(f"table {self.name!r} has no column {ref!r}")
+            raise ClientInitError(f"table {self.table_name!r} has no column {ref!r}")
         return col
 
     def __repr__(self) -> str:
-        return f"EncryptedTable({self.name!r}, columns={list(self.columns)})"
+        return f"EncryptedTable({self.table_name!r}, columns={list(self.columns)})"
 
     def __eq__(self, other: Any) -> bool:
-        return isinstance(other, EncryptedTable) and (self.name, self.columns) == (other.name, other.columns)
+        return isinstance(other, EncryptedTable) and (self.table_name, self.columns) == (
+            other.table_name,
+            other.columns,
+        )
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return hash(self.table_name)
 
 
-def encrypted_table(name: str, **columns: EncryptedColumn) -> EncryptedTable:
+def encrypted_table(table_name: str, /, **columns: EncryptedColumn) -> EncryptedTable:
     """Declare a table: ``encrypted_table("users", email=encrypted_column("email").equality())``.
 
-    :raises ClientInitError: invalid names or duplicate columns.
+    :raises ClientInitError: invalid names, reserved field names or duplicate columns.
     """
-    return EncryptedTable(name, columns)
+    return EncryptedTable(table_name, columns)

@@ -12,10 +12,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jwt
@@ -139,7 +140,7 @@ class EmbeddedTokenService:
 
     def verifier(self) -> CtsVerifier:
         """A verifier for this service's tokens (what the local key service uses)."""
-        return CtsVerifier(self.workspace_crn, self._keyring.cts_public_keys())
+        return CtsVerifier(self.workspace_crn, self._keyring.cts_public_keys)
 
 
 def jwks_document(keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
@@ -161,12 +162,16 @@ class CtsVerifier:
     def __init__(
         self,
         workspace_crn: str,
-        public_keys: Mapping[str, Ed25519PublicKey],
+        public_keys: Mapping[str, Ed25519PublicKey] | Callable[[], Mapping[str, Ed25519PublicKey]],
         *,
         cache_size: int = 4096,
     ) -> None:
         self.workspace_crn = workspace_crn
-        self._keys = dict(public_keys)
+        # a callable source is asked again when a token names an unknown kid (after a rotation)
+        self._source: Callable[[], Mapping[str, Ed25519PublicKey]] = (
+            public_keys if callable(public_keys) else (lambda: public_keys)
+        )
+        self._keys = dict(self._source())
         self._cache: OrderedDict[bytes, Claims] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -195,6 +200,12 @@ class CtsVerifier:
                 self._cache.popitem(last=False)
         return claims
 
+    def _newer_kid(self, kid: object) -> bool:
+        """Only a kid of a newer key version than any known (a rotation) triggers a reload."""
+        m = re.fullmatch(r"cts-v([1-9][0-9]{0,5})", kid) if isinstance(kid, str) else None
+        known = [int(k[5:]) for k in self._keys if k.startswith("cts-v") and k[5:].isdigit()]
+        return m is not None and int(m.group(1)) > max(known, default=0)
+
     def _verify_uncached(self, access_token: str, now: float) -> Claims:
         try:
             header = jwt.get_unverified_header(access_token)
@@ -202,7 +213,12 @@ class CtsVerifier:
             raise LockContextError("CTS token rejected: malformed") from err
         if header.get("alg") != CTS_ALGORITHM or set(header) - {"alg", "kid", "typ"}:
             raise LockContextError("CTS token rejected: unexpected header")
-        key = self._keys.get(header.get("kid", ""))
+        kid = header.get("kid", "")
+        key = self._keys.get(kid)
+        if key is None and self._newer_kid(kid):
+            with self._lock:
+                self._keys = dict(self._source())
+            key = self._keys.get(kid)
         if key is None:
             raise LockContextError("CTS token rejected: signed by an unknown key")
         try:

@@ -1,0 +1,29 @@
+"""pluggy hook specifications for lockkit plugins (project and entry-point group ``lockkit``).
+
+A plugin is a module with ``@hookimpl`` functions, published through the entry point group
+``lockkit`` in its ``pyproject.toml``::
+
+    [project.entry-points.lockkit]
+    myidp = "lockkit_myidp"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("lockkit")
+hookimpl = pluggy.HookimplMarker("lockkit")
+
+
+@hookspec
+def register_identity_providers(register: Callable[[type[Any]], None]) -> None:
+    """Offer identity-provider classes.
+
+    :param register: call ``register(cls)`` once per provider class. ``cls.name`` is the name
+        apps select it by (``LOCKKIT_PROVIDERS = ["clerk"]``); lockkit builds one instance per
+        app with ``cls.from_config(config)``.
+    Return nothing.
+    """
