@@ -162,20 +162,38 @@ _TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers"}
 _CTS_KEYS = {"lifetime", "claims"}
 
 
+def _overrides(values: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        if not (k.startswith("LOCKKIT_") or k == "CS_WORKSPACE_CRN") or v is None:
+            continue
+        if isinstance(v, list | tuple):
+            v = ",".join(str(x) for x in v)
+        out[k] = str(v)
+    return out
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Resolve settings from ``lockkit.toml`` and ``LOCKKIT_*`` variables.
 
     :param path: a config file to read instead of looking for one.
     :param env: the environment to read (default ``os.environ``); tests pass a dict.
+    :param overrides: ``LOCKKIT_*`` values that win over the environment (a Flask app's
+        config); other keys are ignored.
     :raises ConfigurationError: no workspace is configured, or a value is invalid; the
         message says what to set or run.
     """
     env = os.environ if env is None else env
+    if overrides:
+        env = {**env, **_overrides(overrides)}
+        if path is None and env.get("LOCKKIT_CONFIG"):
+            path = env["LOCKKIT_CONFIG"]
     cfg_path = Path(path) if path is not None else find_config_file(env, cwd)
     data: dict[str, Any] = read_config_file(cfg_path) if cfg_path else {}
     unknown = set(data) - _TOP_KEYS

@@ -1,0 +1,19 @@
+"""The Flask kit: ``LockKit(app)``, ``get_cts_token()``, ``current_lock_context``,
+``@lock_context_required``."""
+
+from .extension import DEFAULTS, LockKit, LockKitState, get_state
+from .helpers import CtsTokenResult, current_claims, current_lock_context, get_cts_token, lock_context_required
+from .session import Sealer
+
+__all__ = [
+    "DEFAULTS",
+    "CtsTokenResult",
+    "LockKit",
+    "LockKitState",
+    "Sealer",
+    "current_claims",
+    "current_lock_context",
+    "get_cts_token",
+    "get_state",
+    "lock_context_required",
+]

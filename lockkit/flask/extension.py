@@ -1,0 +1,305 @@
+"""The ``LockKit`` Flask extension and its per-request middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pluggy
+from flask import Flask, current_app, g, request, session
+from werkzeug.wrappers import Response
+
+from ..client import Encryption
+from ..config import Settings, load_settings
+from ..cts import CtsUnavailableError
+from ..cts.embedded import EmbeddedTokenService
+from ..errors import ClientInitError, CtsTokenError, IdentityError, ProviderUnavailableError
+from ..identity import CtsToken
+from ..keys import KeyService
+from ..keys.keyring import load_keyring
+from ..keys.local import LocalKeyService
+from ..oidc import Claims, OIDCVerifier
+from ..plugins import identity_provider_classes, make_plugin_manager
+from ..provider import IdentityProvider
+from ..schema import EncryptedTable
+from . import signals
+from .session import Sealer
+
+log = logging.getLogger("lockkit.flask")
+
+#: every LOCKKIT_* key the extension reads, with its default (documented in the README)
+DEFAULTS: dict[str, Any] = {
+    "LOCKKIT_PROVIDERS": [],  # names of provider plugins, e.g. ["clerk"] or ["dev"]
+    "LOCKKIT_REFRESH_WINDOW": 60,  # exchange again when the CTS token expires within this (s)
+    "LOCKKIT_SESSION_KEY": "_lockkit_cts",
+    "LOCKKIT_LOGIN_VIEW": None,  # endpoint for HTML sign-in when no provider serves one
+    "LOCKKIT_API_PREFIXES": ["/api/"],  # paths answered with JSON 401/403/503, not redirects
+    "LOCKKIT_IDENTITY_CLAIM": ["sub"],  # claims current_lock_context locks to
+    "LOCKKIT_TRACE_PLUGINS": False,
+    "LOCKKIT_LOAD_ENTRYPOINTS": True,
+}
+
+SESSION_PURPOSE = "cts"
+
+
+@dataclass
+class LockKitState:
+    """What ``app.extensions["lockkit"]`` holds for one app."""
+
+    settings: Settings
+    providers: list[IdentityProvider]
+    token_service: EmbeddedTokenService
+    key_service: KeyService
+    sealer: Sealer
+    plugin_manager: pluggy.PluginManager
+    refresh_window: float
+    session_key: str
+    api_prefixes: tuple[str, ...]
+    identity_claim: tuple[str, ...]
+    login_view: str | None
+    unauthorized: Callable[[str, int], Any] | None = None
+    clients: dict[tuple[str, ...], Encryption] = field(default_factory=dict)
+
+    def encryption(self, schemas: Sequence[EncryptedTable], keyset: str | None = None) -> Encryption:
+        """An encryption client on this app's services (cached per schema set)."""
+        key = tuple(t.table_name for t in schemas) + (keyset or "",)
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = Encryption(
+                schemas, key_service=self.key_service, token_service=self.token_service,
+                keyset=keyset or self.settings.keyset,
+            )
+        return client
+
+
+class LockKit:
+    """Flask extension: ``LockKit(app)`` or ``lockkit = LockKit(); lockkit.init_app(app)``.
+
+    :param plugin_manager: a manager from :func:`lockkit.plugins.make_plugin_manager`
+        (default: a new one per app, loading entry points).
+    """
+
+    def __init__(self, app: Flask | None = None, *, plugin_manager: pluggy.PluginManager | None = None) -> None:
+        self._pm = plugin_manager
+        self._unauthorized: Callable[[str, int], Any] | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Bind to ``app``: read config, build providers and services, install middleware.
+
+        :raises ClientInitError: bad or missing configuration (the message names the key).
+        """
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        _harden_session_cookie(app)
+        settings = load_settings(overrides=app.config)
+        pm = self._pm or make_plugin_manager(
+            load_entrypoints=bool(app.config["LOCKKIT_LOAD_ENTRYPOINTS"]),
+            trace=bool(app.config["LOCKKIT_TRACE_PLUGINS"]),
+        )
+        providers = _build_providers(app, pm)
+        keyring = load_keyring(settings.keyring_path, settings.keyring_json)
+        verifiers: list[Any] = list(providers) + [OIDCVerifier(i) for i in settings.issuers]
+        token_service = EmbeddedTokenService(
+            workspace_crn=settings.workspace_crn, keyring=keyring, verifiers=verifiers,
+            lifetime=settings.cts_lifetime, claims=settings.cts_claims,
+        )
+        key_service = LocalKeyService(keyring, token_service.verifier())
+        claim = app.config["LOCKKIT_IDENTITY_CLAIM"]
+        state = LockKitState(
+            settings=settings,
+            providers=providers,
+            token_service=token_service,
+            key_service=key_service,
+            sealer=Sealer(app.config.get("SECRET_KEY")),
+            plugin_manager=pm,
+            refresh_window=float(app.config["LOCKKIT_REFRESH_WINDOW"]),
+            session_key=str(app.config["LOCKKIT_SESSION_KEY"]),
+            api_prefixes=tuple(app.config["LOCKKIT_API_PREFIXES"]),
+            identity_claim=(claim,) if isinstance(claim, str) else tuple(claim),
+            login_view=app.config["LOCKKIT_LOGIN_VIEW"],
+            unauthorized=self._unauthorized,
+        )
+        app.extensions["lockkit"] = state
+        app.before_request(_authenticate)
+        for p in providers:
+            p.init_app(app)
+        from ..cli import cli
+
+        app.cli.add_command(cli, "lockkit")
+
+    def unauthorized_handler(self, fn: Callable[[str, int], Any]) -> Callable[[str, int], Any]:
+        """Replace the response for refused requests: ``fn(reason, status)`` returns a
+        response. ``reason`` is ``missing``, ``expired``, ``invalid``, ``unavailable`` or
+        ``insufficient_scope``; ``status`` the suggested HTTP status."""
+        self._unauthorized = fn
+        try:
+            state = current_app.extensions["lockkit"]
+            state.unauthorized = fn
+        except (RuntimeError, KeyError):
+            pass
+        return fn
+
+
+def get_state(app: Flask | None = None) -> LockKitState:
+    """``app.extensions["lockkit"]`` (default: the current app).
+
+    :raises RuntimeError: LockKit is not initialised on the app.
+    """
+    app = app or current_app
+    try:
+        return app.extensions["lockkit"]  # type: ignore[no-any-return]
+    except KeyError:
+        raise RuntimeError("LockKit is not initialised on this app: call LockKit(app)") from None
+
+
+def _harden_session_cookie(app: Flask) -> None:
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if not (app.debug or app.testing) and not app.config.get("LOCKKIT_INSECURE_COOKIES"):
+        app.config["SESSION_COOKIE_SECURE"] = True
+
+
+def _build_providers(app: Flask, pm: pluggy.PluginManager) -> list[IdentityProvider]:
+    names = app.config["LOCKKIT_PROVIDERS"]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise ClientInitError('set LOCKKIT_PROVIDERS to the identity providers to use, e.g. ["clerk"] or ["dev"]')
+    classes = identity_provider_classes(pm)
+    out = []
+    for name in names:
+        cls = classes.get(name)
+        if cls is None:
+            raise ClientInitError(
+                f"unknown identity provider {name!r} in LOCKKIT_PROVIDERS "
+                f"(installed: {', '.join(sorted(classes)) or 'none'}; install lockkit-{name}?)"
+            )
+        out.append(cls.from_config(app.config))
+    return out
+
+
+# -- middleware ---------------------------------------------------------------------------
+def _request_state() -> SimpleNamespace:
+    ns: SimpleNamespace | None = g.get("_lockkit")
+    if ns is None:
+        ns = g._lockkit = SimpleNamespace(
+            provider=None, claims=None, cts=None, reason="missing", unavailable=False, lock_context=None
+        )
+    return ns
+
+
+def _authenticate() -> None:
+    """Before each request: find and verify the identity token; keep the session's CTS
+    token in step with it. Decisions come only from verified tokens."""
+    state = get_state()
+    ns = _request_state()
+    claims: Claims | None = None
+    provider: IdentityProvider | None = None
+    token: str | None = None
+    found_credential = False
+    for p in state.providers:
+        candidate = p.token_from_request(request)
+        if not candidate:
+            continue
+        found_credential = True
+        try:
+            claims = p.verify(candidate)
+        except ProviderUnavailableError as err:
+            ns.unavailable, ns.reason = True, "unavailable"
+            log.warning("identity provider %s unavailable: %s", p.name, err.detail)
+            return
+        except IdentityError as err:
+            ns.reason = err.reason
+            log.info("identity token refused by %s: %s", p.name, err.detail)
+            signals.identity_rejected.send(current_app._get_current_object(), provider=p.name, reason=err.reason)  # type: ignore[attr-defined]
+            return
+        if claims is not None:
+            provider, token = p, candidate
+            break
+    if claims is None or provider is None or token is None:
+        if found_credential:
+            ns.reason = "invalid"  # a token no configured provider owns
+            return
+        if state.session_key in session:
+            session.pop(state.session_key, None)
+            signals.cts_token_removed.send(current_app._get_current_object(), reason="signed-out")  # type: ignore[attr-defined]
+        return
+    ns.provider, ns.claims = provider, claims
+    stored = state.sealer.unseal(SESSION_PURPOSE, session.get(state.session_key))
+    now = time.time()
+    if (
+        isinstance(stored, dict)
+        and stored.get("sub") == claims["sub"]
+        and stored.get("ns") == provider.namespace
+        and isinstance(stored.get("exp"), int)
+        and stored["exp"] - state.refresh_window > now
+    ):
+        ns.cts = CtsToken(stored["tok"], stored["exp"])
+        return
+    try:
+        cts = state.token_service.authorize(provider.cts_jwt(token, claims), now=now)
+    except CtsUnavailableError as err:
+        ns.unavailable, ns.reason = True, "unavailable"
+        log.warning("token service unavailable: %s", err.message)
+        return
+    except CtsTokenError as err:
+        ns.unavailable, ns.reason = True, "unavailable"
+        log.error("token service refused a verified identity (configuration?): %s", err.message)
+        return
+    session[state.session_key] = state.sealer.seal(
+        SESSION_PURPOSE, {"tok": cts.access_token, "exp": cts.expiry, "sub": claims["sub"], "ns": provider.namespace}
+    )
+    ns.cts = cts
+    signals.cts_token_exchanged.send(current_app._get_current_object(), subject=claims["sub"], provider=provider.name)  # type: ignore[attr-defined]
+
+
+def refused_response(reason: str, status: int) -> Any:
+    """The default answer to a refused request: JSON for API paths, a redirect to sign-in for
+    HTML pages (401/403 pages when there is nowhere to send the browser)."""
+    from flask import jsonify, redirect, url_for
+
+    state = get_state()
+    if state.unauthorized is not None:
+        return state.unauthorized(reason, status)
+    wants_json = request.path.startswith(state.api_prefixes) or (
+        request.accept_mimetypes.best == "application/json"
+    ) or "Authorization" in request.headers
+    if wants_json or status in (403, 503):
+        if wants_json:
+            resp = jsonify(error=reason)
+            resp.status_code = status
+            if status == 401:
+                resp.headers["WWW-Authenticate"] = f'Bearer error="{"invalid_token" if reason != "missing" else "unauthorized"}"'
+            return resp
+        return Response(_html_page(reason, status), status=status, mimetype="text/html")
+    nxt = request.full_path if request.query_string else request.path
+    for p in state.providers:
+        url = p.login_url(nxt)
+        if url:
+            return redirect(url)
+    if state.login_view:
+        return redirect(url_for(state.login_view, next=nxt))
+    return Response(_html_page(reason, status), status=status, mimetype="text/html")
+
+
+_MESSAGES = {
+    "missing": "Please sign in.",
+    "expired": "Your session expired. Please sign in again.",
+    "invalid": "Your sign-in could not be verified. Please sign in again.",
+    "unavailable": "Sign-in is temporarily unavailable. Please try again shortly.",
+    "insufficient_scope": "You do not have permission to see this page.",
+}
+
+
+def _html_page(reason: str, status: int) -> str:
+    return (
+        f"<!doctype html><title>{status}</title><h1>{status}</h1>"
+        f"<p>{_MESSAGES.get(reason, 'Access refused.')}</p>"
+    )
