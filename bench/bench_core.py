@@ -351,7 +351,7 @@ def report(results: Mapping[str, Any]) -> None:
             else:
                 t1 = t2 = "(info)"
             rows.append([g["data"], g["op"], index, f"us/{g['unit']}", _us(lk), _us(fl), _us(fe), _us(sv),
-                         f"{r_floor:.1f}x", f"{r_fernet:.2f}x", t1, t2, f"{spread * 100:.0f}%"])
+                         f"{r_floor:.2f}x", f"{r_fernet:.2f}x", t1, t2, f"{spread * 100:.0f}%"])
         d = s["lockkit_idx"]["median_us"] - s["lockkit"]["median_us"]
         where = "email" if g["data"] == "strings" else "email and name"
         note = "" if g["op"] == "encrypt" else "  (decrypt computes no terms: ~0 expected, the rest is noise)"
