@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+PROVIDERS = $(wildcard providers/*/pyproject.toml)
 
 .PHONY: install demo test bench typecheck clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PROVIDERS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' $(foreach p,$(PROVIDERS),-e $(dir $(p)))
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ from .errors import (
     ProviderUnavailableError,
     Result,
 )
+from .hookspecs import hookimpl
 from .identity import CtsToken, LockContext
 from .schema import EncryptedColumn, EncryptedTable, encrypted_column, encrypted_table
 from .search import matches
@@ -49,6 +50,7 @@ __all__ = [
     "Settings",
     "encrypted_column",
     "encrypted_table",
+    "hookimpl",
     "load_settings",
     "matches",
 ]

@@ -8,7 +8,7 @@ many values or columns it touches.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hmac
 import os
 import threading
@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from . import payload as pl
 from .config import Settings, check_name, load_settings
@@ -36,7 +34,6 @@ from .search import TermHasher
 
 T = TypeVar("T")
 QueryType = Literal["equality", "match"]
-_ZERO4 = b"\x00" * 4
 
 
 class Operation(Generic[T]):
@@ -138,6 +135,7 @@ class Encryption:
         self.keyset = check_name("keyset", keyset or (settings.keyset if settings else "default"))
         self.key_service = key_service
         self.token_service = token_service
+        self._aad_cache: dict[tuple[str, str, str, tuple[str, ...] | None], bytes] = {}
         self._tables: dict[str, EncryptedTable] = {}
         for t in schemas:
             if not isinstance(t, EncryptedTable):
@@ -312,30 +310,59 @@ class Encryption:
     def _release(self, lock: Lock | None, requests: list[KeyRequest]) -> list[ColumnKey | LockkitError]:
         return self.key_service.release(keyset=self.keyset, lock=lock, requests=requests)
 
+    def _aad(self, tn: str, cn: str, kid: str, lc: tuple[str, ...] | None) -> bytes:
+        key = (tn, cn, kid, lc)
+        aad = self._aad_cache.get(key)
+        if aad is None:
+            if len(self._aad_cache) > 4096:
+                self._aad_cache.clear()
+            aad = self._aad_cache[key] = pl.associated_data(
+                self.workspace_crn, self.keyset, tn, cn, kid, list(lc) if lc else None
+            )
+        return aad
+
     def _encrypt_items(self, items: list[_Item], lock: Lock | None) -> list[dict[str, Any] | None | LockkitError]:
-        """Encrypt a batch (any columns): one key-service call for all of them."""
-        out: list[dict[str, Any] | None | LockkitError] = [None] * len(items)
-        groups: dict[tuple[str, str], list[int]] = {}
-        cols: dict[tuple[str, str], tuple[EncryptedTable, EncryptedColumn]] = {}
+        """Encrypt items of any columns: one key-service call for all of them."""
+        batches: dict[tuple[str, str], tuple[EncryptedTable, EncryptedColumn, list[int]]] = {}
         for i, it in enumerate(items):
-            if it.value is None:
-                continue
             k = (it.table.table_name, it.col.name)
-            groups.setdefault(k, []).append(i)
-            cols[k] = (it.table, it.col)
-        if not groups:
-            return out
+            b = batches.get(k)
+            if b is None:
+                b = batches[k] = (it.table, it.col, [])
+            b[2].append(i)
+        outs = self._encrypt_batches(
+            [(t, col, [items[i].value for i in idxs]) for t, col, idxs in batches.values()], lock
+        )
+        out: list[dict[str, Any] | None | LockkitError] = [None] * len(items)
+        for (_, _, idxs), results in zip(batches.values(), outs):
+            for i, r in zip(idxs, results):
+                out[i] = r
+        return out
+
+    def _encrypt_batches(
+        self, batches: list[tuple[EncryptedTable, EncryptedColumn, list[Any]]], lock: Lock | None
+    ) -> list[list[dict[str, Any] | None | LockkitError]]:
+        """Encrypt ``(table, column, values)`` batches with one key-service call in all.
+        Returns, per batch, a payload, ``None`` (for ``None``) or an error per value."""
         locked = lock is not None
         requests: list[KeyRequest] = []
-        for (tn, cn), idxs in groups.items():
-            requests.append(KeyRequest(tn, cn, "encrypt", count=len(idxs), locked=locked))
-            if cols[(tn, cn)][1].searchable:
-                requests.append(KeyRequest(tn, cn, "index", count=len(idxs), locked=locked))
-        keys = iter(self._release(lock, requests))
-        lc_names = list(lock.claim_names) if lock else None
-        b64 = base64.b64encode
-        for (tn, cn), idxs in groups.items():
-            t, col = cols[(tn, cn)]
+        live = [any(v is not None for v in values) for _, _, values in batches]
+        for (t, col, values), has_values in zip(batches, live):
+            if has_values:
+                requests.append(KeyRequest(t.table_name, col.name, "encrypt", count=len(values), locked=locked))
+                if col.searchable:
+                    requests.append(KeyRequest(t.table_name, col.name, "index", count=len(values), locked=locked))
+        keys = iter(self._release(lock, requests) if requests else [])
+        lc_names = lock.claim_names if lock else None
+        keyset = self.keyset
+        b64 = binascii.b2a_base64
+        encode_value = pl.encode_value
+        results: list[list[dict[str, Any] | None | LockkitError]] = []
+        for (t, col, values), has_values in zip(batches, live):
+            if not has_values:
+                results.append([None] * len(values))
+                continue
+            tn, cn = t.table_name, col.name
             data_key = next(keys)
             index_key = next(keys) if col.searchable else None
             for released in (data_key, index_key):
@@ -343,35 +370,48 @@ class Encryption:
                     raise released
             assert isinstance(data_key, ColumnKey)
             hasher = TermHasher(index_key.material) if isinstance(index_key, ColumnKey) else None
-            aead = AESGCMSIV(data_key.material[:32])
             kid = data_key.key_id
-            aad = pl.associated_data(self.workspace_crn, self.keyset, tn, cn, kid, lc_names)
-            n = len(idxs)
-            nonces = os.urandom(pl.NONCE_BYTES * n)
-            checks = _key_checks(data_key.material[32:], nonces, n)
+            enc = data_key.aead().encrypt
+            aad = self._aad(tn, cn, kid, lc_names)
+            n = len(values)
+            nonces = os.urandom(12 * n)
+            checks = data_key.key_checks(nonces, n)
             where = f"{tn}.{cn}"
-            ident = {"t": tn, "c": cn}
-            enc = aead.encrypt
-            for j, i in enumerate(idxs):
-                value = items[i].value
+            kind = col.kind
+            text = kind == "text"
+            eq = hasher is not None and col.equality_index
+            match = col.match_index if hasher is not None else None
+            out: list[dict[str, Any] | None | LockkitError] = []
+            append = out.append
+            for j, value in enumerate(values):
+                if value is None:
+                    append(None)
+                    continue
                 try:
-                    raw = pl.encode_value(col.kind, value, where)
-                    nonce = nonces[12 * j : 12 * j + 12]
+                    if text and type(value) is str:
+                        raw = b"s" + value.encode()
+                    else:
+                        raw = encode_value(kind, value, where)
+                    o = 12 * j
+                    nonce = nonces[o : o + 12]
                     p: dict[str, Any] = {
-                        "v": 1, "k": "ct", "i": ident, "ks": self.keyset, "kid": kid,
-                        "c": b64(nonce + checks[16 * j : 16 * j + 4] + enc(nonce, raw, aad)).decode(),
+                        "v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid,
+                        "c": b64(nonce + checks[o + 4 * j : o + 4 * j + 4] + enc(nonce, raw, aad), newline=False).decode(),
                     }
                     if lc_names:
-                        p["lc"] = lc_names
+                        p["lc"] = list(lc_names)
                     if hasher is not None:
-                        if col.equality_index:
-                            p["hm"] = hasher.equality(pl.index_bytes(col.kind, value, where))
-                        if col.match_index is not None:
-                            p["bf"] = hasher.match(value, col.match_index)
-                    out[i] = p
+                        if eq:
+                            p["hm"] = hasher.equality(pl.index_bytes(kind, value, where))
+                        if match is not None:
+                            p["bf"] = hasher.match(value, match)
+                    append(p)
+                except UnicodeEncodeError:
+                    append(EncryptionError(f"{where}: text is not valid Unicode (lone surrogate?)"))
                 except LockkitError as err:
-                    out[i] = err
-        return out
+                    append(err)
+            results.append(out)
+        return results
 
     def _decrypt_items(
         self, items: list[tuple[Any, tuple[str, str] | None]], lc: LockContext | None
@@ -379,67 +419,77 @@ class Encryption:
         """Decrypt a batch of ``(payload, expected (table, column) or None)``: one key-service
         call. Returns values, or a LockkitError per failed item."""
         out: list[Any] = [None] * len(items)
-        parsed: dict[int, pl.Parsed] = {}
+        groups: dict[tuple[str, str, str, tuple[str, ...] | None], list[tuple[int, bytes]]] = {}
         need_lock = False
+        keyset = self.keyset
+        claims = lc.identity_claim if lc is not None else None
+        parse = _parse
         for i, (obj, expected) in enumerate(items):
             if obj is None:
                 continue
-            try:
-                p = pl.parse(obj)
-                if expected is not None and (p.table, p.column) != expected:
-                    raise DecryptionError(
-                        f"payload belongs to {p.table}.{p.column}, not {expected[0]}.{expected[1]} "
-                        "(was it moved?)"
-                    )
-                if p.keyset != self.keyset:
-                    raise DecryptionError(
-                        f"payload was encrypted under keyset {p.keyset!r}; this client uses {self.keyset!r}"
-                    )
-                if p.lc is not None:
-                    if lc is None:
-                        raise LockContextError(
-                            "this value is locked to an identity: decrypt it with .with_lock_context(...)"
-                        )
-                    if p.lc != lc.identity_claim:
-                        raise LockContextError(
-                            f"this value is locked to the claims {list(p.lc)}, but the lock context "
-                            f"names {list(lc.identity_claim)}"
-                        )
+            parsed = parse(obj)
+            if isinstance(parsed, LockkitError):
+                out[i] = parsed
+                continue
+            tn, cn, ks, kid, plc, raw = parsed
+            if expected is not None and (tn, cn) != expected:
+                out[i] = DecryptionError(
+                    f"payload belongs to {tn}.{cn}, not {expected[0]}.{expected[1]} (was it moved?)"
+                )
+            elif ks != keyset:
+                out[i] = DecryptionError(f"payload was encrypted under keyset {ks!r}; this client uses {keyset!r}")
+            elif plc is not None and claims is None:
+                out[i] = LockContextError("this value is locked to an identity: decrypt it with .with_lock_context(...)")
+            elif plc is not None and plc != claims:
+                out[i] = LockContextError(
+                    f"this value is locked to the claims {list(plc)}, but the lock context names {list(claims or ())}"
+                )
+            else:
+                if plc is not None:
                     need_lock = True
-                parsed[i] = p
-            except LockkitError as err:
-                out[i] = err
-        if not parsed:
+                g = groups.get((tn, cn, kid, plc))
+                if g is None:
+                    g = groups[(tn, cn, kid, plc)] = []
+                g.append((i, raw))
+        if not groups:
             return out
         lock = _lock_for(lc) if need_lock else None
-        groups: dict[tuple[str, str, str, bool], list[int]] = {}
-        for i, p in parsed.items():
-            groups.setdefault((p.table, p.column, p.kid, p.lc is not None), []).append(i)
-        requests = [KeyRequest(t, c, "decrypt", key_id=kid, count=len(ix), locked=lk) for (t, c, kid, lk), ix in groups.items()]
+        requests = [
+            KeyRequest(t, c, "decrypt", key_id=kid, count=len(ix), locked=plc is not None)
+            for (t, c, kid, plc), ix in groups.items()
+        ]
         keys = self._release(lock, requests)
-        for ((tn, cn, kid, locked), idxs), key in zip(groups.items(), keys):
+        decode_value = pl.decode_value
+        compare = hmac.compare_digest
+        for ((tn, cn, kid, plc), members), key in zip(groups.items(), keys):
             if isinstance(key, LockkitError):
-                for i in idxs:
+                for i, _ in members:
                     out[i] = key
                 continue
-            aead = AESGCMSIV(key.material[:32])
-            lc_names = list(lc.identity_claim) if locked and lc else None
-            aad = pl.associated_data(self.workspace_crn, self.keyset, tn, cn, kid, lc_names)
-            nonces = b"".join(parsed[i].nonce for i in idxs)
-            checks = _key_checks(key.material[32:], nonces, len(idxs))
-            dec = aead.decrypt
-            for j, i in enumerate(idxs):
-                p = parsed[i]
-                if not hmac.compare_digest(checks[16 * j : 16 * j + 4], p.check):
+            dec = key.aead().decrypt
+            aad = self._aad(tn, cn, kid, plc)
+            n = len(members)
+            checks = key.key_checks(b"".join([raw[:12] for _, raw in members]), n)
+            for j, (i, raw) in enumerate(members):
+                if not compare(checks[16 * j : 16 * j + 4], raw[12:16]):
                     out[i] = DecryptionError(
-                        "this value is locked to another identity" if locked else
+                        "this value is locked to another identity" if plc is not None else
                         "this value was encrypted under other keys (another workspace or keyring?)"
                     )
                     continue
                 try:
-                    out[i] = pl.decode_value(dec(p.nonce, p.ciphertext, aad))
+                    plain = dec(raw[:12], raw[16:], aad)
                 except InvalidTag:
                     out[i] = DecryptionError("the payload was tampered with (authentication failed)")
+                    continue
+                if plain[:1] == b"s":
+                    try:
+                        out[i] = plain[1:].decode()
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+                try:
+                    out[i] = decode_value(plain)
                 except LockkitError as err:
                     out[i] = err
         return out
@@ -492,12 +542,54 @@ class Encryption:
         return f"Encryption(workspace_crn={self.workspace_crn!r}, keyset={self.keyset!r}, tables={list(self._tables)})"
 
 
-def _key_checks(check_key: bytes, nonces: bytes, n: int) -> bytes:
-    """AES-256 of ``nonce | 0^32`` for each nonce, in one call (the first 4 bytes of each
-    16-byte block are that value's key check)."""
-    blocks = b"".join(nonces[12 * j : 12 * j + 12] + _ZERO4 for j in range(n))
-    enc = Cipher(algorithms.AES(check_key), modes.ECB()).encryptor()
-    return enc.update(blocks) + enc.finalize()
+_Parsed = tuple[str, str, str, str, "tuple[str, ...] | None", bytes]
+_a2b = binascii.a2b_base64
+
+
+_LC_SEEN: dict[tuple[Any, ...], bool] = {}
+
+
+def _claim_names(lc: Any) -> tuple[str, ...] | None:
+    """``lc`` as a tuple of claim names if it is a non-empty list of strings (memoised: a
+    store holds few distinct lists), else ``None``."""
+    if type(lc) is not list or not lc:
+        return None
+    t = tuple(lc)
+    try:
+        ok = _LC_SEEN.get(t)
+        if ok is None:
+            ok = all(type(n) is str for n in t)
+            if len(_LC_SEEN) < 1024:
+                _LC_SEEN[t] = ok
+    except TypeError:  # an unhashable member: not a list of names
+        return None
+    return t if ok else None
+
+
+def _parse(obj: Any) -> _Parsed | LockkitError:
+    """A payload's (table, column, keyset, kid, lock claims, raw ciphertext), or the error.
+    A fast path for well-formed dicts; anything unusual goes through :func:`payload.parse`,
+    which says precisely what is wrong."""
+    if type(obj) is dict:
+        try:
+            v, i = obj["v"], obj["i"]
+            if type(v) is int and v == 1 and obj["k"] == "ct" and obj.keys() <= pl.PAYLOAD_KEYS and type(i) is dict:
+                t, c, ks, kid, cc, lc = i["t"], i["c"], obj["ks"], obj["kid"], obj["c"], obj.get("lc")
+                lct = None if lc is None else _claim_names(lc)
+                if (
+                    len(i) == 2 and type(t) is str and type(c) is str and type(ks) is str
+                    and type(kid) is str and type(cc) is str and (lc is None or lct is not None)
+                ):
+                    raw = _a2b(cc, strict_mode=True)
+                    if len(raw) >= pl.MIN_RAW:
+                        return (t, c, ks, kid, lct, raw)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            pass
+    try:
+        p = pl.parse(obj)
+    except LockkitError as err:
+        return err
+    return (p.table, p.column, p.keyset, p.kid, p.lc, p.nonce + p.check + p.ciphertext)
 
 
 def _as_result(o: Any) -> Result[Any]:

@@ -7,7 +7,7 @@ reference product's error names, and :meth:`Result.unwrap` raises the matching c
 
 from __future__ import annotations
 
-from typing import Generic, Literal, NoReturn, TypeVar, get_args
+from typing import Any, Generic, Literal, NoReturn, TypeVar, get_args
 
 T = TypeVar("T")
 
@@ -161,10 +161,10 @@ class Result(Generic[T]):
     failure: Failure | None
 
     def __init__(self, data: T | None = None, failure: Failure | None = None) -> None:
-        # object.__setattr__ keeps instances immutable; this class is created per value in
-        # bulk operations, so it avoids dataclass machinery.
-        object.__setattr__(self, "data", data)
-        object.__setattr__(self, "failure", failure)
+        # Set through the slot descriptors (bound below), bypassing the __setattr__ that
+        # keeps instances immutable; a Result is created per value in bulk operations.
+        _set_data(self, data)
+        _set_failure(self, failure)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Result is immutable")
@@ -196,3 +196,7 @@ class Result(Generic[T]):
     @classmethod
     def from_error(cls, err: LockkitError) -> Result[T]:
         return cls(failure=err.to_failure())
+
+
+_set_data: Any = Result.__dict__["data"].__set__
+_set_failure: Any = Result.__dict__["failure"].__set__

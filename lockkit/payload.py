@@ -37,9 +37,9 @@ from .keys.keyring import canonical
 VERSION = 1
 NONCE_BYTES = 12
 CHECK_BYTES = 4
-_MIN_RAW = NONCE_BYTES + CHECK_BYTES + 16
+MIN_RAW = NONCE_BYTES + CHECK_BYTES + 16
 
-_PAYLOAD_KEYS = frozenset({"v", "k", "i", "ks", "kid", "c", "lc", "hm", "bf"})
+PAYLOAD_KEYS = frozenset({"v", "k", "i", "ks", "kid", "c", "lc", "hm", "bf"})
 
 
 def encode_value(kind: str, value: Any, where: str) -> bytes:
@@ -68,7 +68,7 @@ def encode_value(kind: str, value: Any, where: str) -> bytes:
                 return b"t" + value.isoformat().encode()
         elif kind == "json":
             return b"j" + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError, UnicodeEncodeError, OverflowError) as err:
+    except (TypeError, ValueError, UnicodeEncodeError, OverflowError, RecursionError) as err:
         raise EncryptionError(f"{where}: value cannot be encoded as {kind} ({type(err).__name__})") from err
     raise EncryptionError(f"{where} expects {kind}, got {type(value).__name__}")
 
@@ -95,7 +95,7 @@ def decode_value(raw: bytes) -> Any:
             return dt.datetime.fromisoformat(body.decode())
         if tag == b"j":
             return json.loads(body.decode("utf-8"))
-    except (ValueError, struct.error, UnicodeDecodeError) as err:
+    except (ValueError, struct.error, UnicodeDecodeError, RecursionError) as err:
         raise DecryptionError("decrypted value is malformed") from err
     raise DecryptionError("decrypted value has an unknown type tag (newer lockkit?)")
 
@@ -141,7 +141,7 @@ def parse(obj: Any) -> Parsed:
     if isinstance(obj, str | bytes):
         try:
             obj = json.loads(obj)
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             raise DecryptionError("not a lockkit payload: invalid JSON") from err
     if not isinstance(obj, Mapping):
         raise DecryptionError(f"not a lockkit payload: got {type(obj).__name__}")
@@ -150,7 +150,7 @@ def parse(obj: Any) -> Parsed:
     v = obj["v"]
     if v != VERSION or isinstance(v, bool):
         raise DecryptionError(f"payload version {v!r} is not supported by this lockkit (v{VERSION})")
-    extra = set(obj) - _PAYLOAD_KEYS
+    extra = set(obj) - PAYLOAD_KEYS
     if extra:
         raise DecryptionError(f"payload has unexpected fields {sorted(extra)}")
     ident, ks, kid, c = obj.get("i"), obj.get("ks"), obj.get("kid"), obj.get("c")
@@ -168,7 +168,7 @@ def parse(obj: Any) -> Parsed:
         raw = base64.b64decode(c, validate=True)
     except (binascii.Error, ValueError) as err:
         raise DecryptionError("payload ciphertext is not valid base64 (corrupted?)") from err
-    if len(raw) < _MIN_RAW:
+    if len(raw) < MIN_RAW:
         raise DecryptionError("payload ciphertext is truncated")
     return Parsed(
         ident["t"], ident["c"], ks, kid, lc,

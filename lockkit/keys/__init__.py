@@ -17,10 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
 from ..errors import LockkitError
 from ..identity import CtsToken
 
 Purpose = Literal["encrypt", "decrypt", "index"]
+_ZERO4 = b"\x00" * 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +53,31 @@ class ColumnKey:
 
     For ``encrypt``/``decrypt``: 32 bytes of AEAD key then 32 bytes of key-check key.
     For ``index``: 32 bytes of equality-term key then 32 bytes of match-term key.
+    The cipher objects are built once per key and reused (key services cache keys).
     """
 
-    __slots__ = ("key_id", "material")
+    __slots__ = ("key_id", "material", "_aead", "_check")
 
     def __init__(self, key_id: str, material: bytes) -> None:
         self.key_id = key_id
         self.material = material
+        self._aead: AESGCMSIV | None = None
+        self._check: Cipher[modes.ECB] | None = None
+
+    def aead(self) -> AESGCMSIV:
+        """AES-256-GCM-SIV under the data key."""
+        if self._aead is None:
+            self._aead = AESGCMSIV(self.material[:32])
+        return self._aead
+
+    def key_checks(self, nonces: bytes, n: int) -> bytes:
+        """AES-256 of ``nonce | 0^32`` for each of ``n`` 12-byte nonces, in one call under the
+        check key; bytes ``16*j .. 16*j+4`` are value ``j``'s key check."""
+        if self._check is None:
+            self._check = Cipher(algorithms.AES(self.material[32:64]), modes.ECB())
+        blocks = b"".join([nonces[k : k + 12] + _ZERO4 for k in range(0, 12 * n, 12)])
+        enc = self._check.encryptor()
+        return enc.update(blocks) + enc.finalize()
 
     def __repr__(self) -> str:
         return f"ColumnKey(key_id={self.key_id!r}, material=<redacted>)"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DecryptionError, LockContextError, LockkitError
 from ..oidc import Claims
 from . import ColumnKey, KeyRequest, Lock
-from .keyring import Keyring
+from .keyring import Keyring, canonical
 
 
 def claim_value(claims: Claims, name: str) -> Any:
@@ -44,8 +45,10 @@ class LocalKeyService:
     trusts a remote CTS's JWKS).
     """
 
-    def __init__(self, keyring: Keyring, verifier: Any) -> None:
+    def __init__(self, keyring: Keyring, verifier: Any, *, cache_size: int = 4096) -> None:
         self.workspace_crn = keyring.workspace_crn
+        self._cache: OrderedDict[tuple[int | None, bytes], ColumnKey] = OrderedDict()
+        self._cache_size = cache_size
         self._keyring = keyring
         self._verifier = verifier
         self._lock = threading.Lock()
@@ -84,11 +87,8 @@ class LocalKeyService:
         return out
 
     def _derive(self, keyset: str, binding: list[Any] | None, req: KeyRequest) -> ColumnKey | LockkitError:
-        scope = [self.workspace_crn, keyset, req.table, req.column, binding]
-        with self._lock:
-            self.derivations += 1
         if req.purpose == "index":
-            return ColumnKey("index", self._keyring.derive(None, ["index", *scope], 64))
+            return self._cached(None, ["index", self.workspace_crn, keyset, req.table, req.column, binding], "index")
         if req.purpose == "encrypt":
             version = self._keyring.primary
         else:
@@ -101,7 +101,25 @@ class LocalKeyService:
                     f"key version {version} is not in this keyring (was it removed, or is this "
                     "another workspace's payload?)"
                 )
-        return ColumnKey(str(version), self._keyring.derive(version, ["data", *scope], 64))
+        return self._cached(version, ["data", self.workspace_crn, keyset, req.table, req.column, binding], str(version))
+
+    def _cached(self, version: int | None, label: list[Any], key_id: str) -> ColumnKey:
+        """Derived keys are cached (bounded LRU) by version and label. The label holds the
+        identity's claim values, which only ever come from a verified CTS token, so a cache
+        hit never skips the token check."""
+        cache_key = (version, canonical(label))
+        with self._lock:
+            got = self._cache.get(cache_key)
+            if got is not None:
+                self._cache.move_to_end(cache_key)
+                return got
+        key = ColumnKey(key_id, self._keyring.derive(version, label, 64))
+        with self._lock:
+            self.derivations += 1
+            self._cache[cache_key] = key
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return key
 
     def __repr__(self) -> str:
         return f"LocalKeyService(workspace_crn={json.dumps(self.workspace_crn)})"
