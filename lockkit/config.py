@@ -232,14 +232,14 @@ def load_settings(
     claims = tuple(_as_list(claims_raw, "[cts] claims"))
 
     issuers = [IssuerConfig.from_mapping(i) for i in _issuer_tables(data.get("issuers", []))]
-    env_issuer = _env_get(env, "LOCKKIT_OIDC_ISSUER")
+    env_issuer = _env_get(env, "LOCKKIT_TRUSTED_ISSUER")
     if env_issuer:
         spec: dict[str, Any] = {"issuer": env_issuer}
         for key, var in (
-            ("audience", "LOCKKIT_OIDC_AUDIENCE"),
-            ("jwks_uri", "LOCKKIT_OIDC_JWKS_URI"),
-            ("algorithms", "LOCKKIT_OIDC_ALGORITHMS"),
-            ("authorized_parties", "LOCKKIT_OIDC_AUTHORIZED_PARTIES"),
+            ("audience", "LOCKKIT_TRUSTED_AUDIENCE"),
+            ("jwks_uri", "LOCKKIT_TRUSTED_JWKS_URI"),
+            ("algorithms", "LOCKKIT_TRUSTED_ALGORITHMS"),
+            ("authorized_parties", "LOCKKIT_TRUSTED_AUTHORIZED_PARTIES"),
         ):
             val = _env_get(env, var)
             if val:

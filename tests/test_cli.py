@@ -71,8 +71,8 @@ def test_keys_commands_without_init_explain(workdir: Path, capsys: pytest.Captur
 def test_zero_code_config_flow(workdir: Path, monkeypatch: pytest.MonkeyPatch, idp: LocalIssuer) -> None:
     """`lockkit init` + env naming the issuer: Encryption() and LockContext() need no arguments."""
     assert main(["init"]) == 0
-    monkeypatch.setenv("LOCKKIT_OIDC_ISSUER", idp.issuer)
-    monkeypatch.setenv("LOCKKIT_OIDC_AUDIENCE", idp.audience)
+    monkeypatch.setenv("LOCKKIT_TRUSTED_ISSUER", idp.issuer)
+    monkeypatch.setenv("LOCKKIT_TRUSTED_AUDIENCE", idp.audience)
     users = encrypted_table("users", email=encrypted_column("email"))
     client = Encryption([users])
     lc = LockContext().identify(idp.mint("carol")).unwrap()

@@ -84,7 +84,7 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path, text: str, match: str) 
 def test_issuers_from_file_and_env(tmp_path: Path) -> None:
     cfg = write(tmp_path, render_config("crn:local:ws", issuers=[
         {"issuer": "https://a.example", "audience": ["app"], "jwks_uri": "https://a.example/jwks"}]))
-    s = load_settings(cfg, env={"LOCKKIT_OIDC_ISSUER": "https://b.example", "LOCKKIT_OIDC_AUDIENCE": "app2"})
+    s = load_settings(cfg, env={"LOCKKIT_TRUSTED_ISSUER": "https://b.example", "LOCKKIT_TRUSTED_AUDIENCE": "app2"})
     assert [i.issuer for i in s.issuers] == ["https://a.example", "https://b.example"]
     assert s.issuers[1].jwks_uri == "https://b.example/.well-known/jwks.json"
     assert s.issuers[1].audiences == ("app2",)

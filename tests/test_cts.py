@@ -51,7 +51,7 @@ def test_rejected_jwt_is_cts_token_error(token_service: EmbeddedTokenService, id
 
 def test_no_trusted_issuer_explains(keyring: Keyring) -> None:
     svc = EmbeddedTokenService(workspace_crn=WORKSPACE, keyring=keyring, verifiers=[])
-    with pytest.raises(CtsTokenError, match="LOCKKIT_OIDC_ISSUER"):
+    with pytest.raises(CtsTokenError, match="LOCKKIT_TRUSTED_ISSUER"):
         svc.authorize("a.b.c")
 
 

@@ -93,7 +93,7 @@ class EmbeddedTokenService:
         if self._router is None:
             raise CtsTokenError(
                 "The JWT was rejected by CTS: no identity provider is trusted "
-                "(add an [[issuers]] table to lockkit.toml or set LOCKKIT_OIDC_ISSUER)"
+                "(add an [[issuers]] table to lockkit.toml or set LOCKKIT_TRUSTED_ISSUER)"
             )
         now = time.time() if now is None else now
         try:
