@@ -17,7 +17,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/lockkit init --if-missing
-	$(BIN)/python examples/demo.py
+	$(BIN)/python -m examples.flask_clerk
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,0 +1,62 @@
+"""Private notes: the lockkit example app. ``create_app()`` builds it; ``python -m
+examples.flask_clerk`` (what ``make demo`` runs) serves it on 127.0.0.1:5000."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from lockkit.flask import LockKit
+
+from .db import Database
+
+csrf = CSRFProtect()
+lockkit = LockKit()
+
+
+def _secret_key(instance: Path) -> str:
+    """SECRET_KEY from the environment, else one generated once into the instance folder."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    path = instance / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """The app. Clerk signs users in when ``CLERK_PUBLISHABLE_KEY`` and ``CLERK_SECRET_KEY``
+    (or ``CLERK_JWT_KEY``) are set; otherwise the built-in dev sign-in (debug/testing only)."""
+    app = Flask(__name__, instance_relative_config=True)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    for key in ("CLERK_PUBLISHABLE_KEY", "CLERK_SECRET_KEY", "CLERK_JWT_KEY", "CLERK_AUTHORIZED_PARTIES",
+                "DATABASE_URL"):
+        if os.environ.get(key):
+            app.config[key] = os.environ[key]
+    app.config.update(config or {})
+    app.config.setdefault("SECRET_KEY", _secret_key(Path(app.instance_path)))
+    app.config.setdefault("DATABASE_URL", f"sqlite:///{Path(app.instance_path) / 'notes.db'}")
+    clerk = bool(app.config.get("CLERK_PUBLISHABLE_KEY") and (app.config.get("CLERK_SECRET_KEY") or app.config.get("CLERK_JWT_KEY")))
+    app.config.setdefault("LOCKKIT_PROVIDERS", ["clerk"] if clerk else ["dev"])
+    app.config["NOTES_SIGN_IN"] = "clerk" if "clerk" in app.config["LOCKKIT_PROVIDERS"] else "dev"
+
+    csrf.init_app(app)
+    lockkit.init_app(app)
+    for name in ("lockkit_dev",):  # provider routes carry their own CSRF protection
+        if name in app.blueprints:
+            csrf.exempt(app.blueprints[name])
+    db = Database(app.config["DATABASE_URL"])
+    db.create_schema()
+    app.extensions["notes_db"] = db
+
+    from .views import bp
+
+    app.register_blueprint(bp)
+    return app

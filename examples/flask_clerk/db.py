@@ -1,0 +1,118 @@
+"""A tiny database layer: SQLite by default, PostgreSQL when DATABASE_URL says so.
+
+Payloads are stored as JSON text; the equality term of each tag sits in its own indexed
+column so tag search is an index lookup, not a scan.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS notes (
+        id {pk},
+        owner TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS notes_owner ON notes (owner)",
+    """CREATE TABLE IF NOT EXISTS note_tags (
+        note_id INTEGER NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
+        owner TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        tag_hm TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS note_tags_lookup ON note_tags (owner, tag_hm)",
+]
+
+
+class Database:
+    """Connections per thread; ``?`` placeholders in every query, translated for PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.postgres = url.startswith(("postgresql://", "postgres://"))
+        self._local = threading.local()
+        if not self.postgres and not url.startswith("sqlite:///"):
+            raise ValueError("DATABASE_URL must be sqlite:///path or postgresql://...")
+
+    def _connect(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.postgres:
+                import psycopg
+
+                conn = psycopg.connect(self.url, autocommit=False)
+            else:
+                conn = sqlite3.connect(self.url[len("sqlite:///"):], timeout=30)
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA journal_mode = WAL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor in a transaction: committed on success, rolled back on any error, so a
+        failed request never leaves half a note behind."""
+        conn = self._connect()
+        cur = conn.cursor()
+        try:
+            yield _Cursor(cur, self._sql)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+    def create_schema(self) -> None:
+        pk = "SERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        with self.transaction() as cur:
+            for stmt in SCHEMA:
+                cur.execute(stmt.format(pk=pk))
+
+
+class _Cursor:
+    def __init__(self, cur: Any, sql: Any) -> None:
+        self._cur, self._sql = cur, sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        self._cur.execute(self._sql(sql), tuple(params))
+        return self
+
+    def insert(self, sql: str, params: Sequence[Any]) -> int:
+        """Run an INSERT and return the new row's id."""
+        if self._sql("?") == "%s":
+            self._cur.execute(self._sql(sql) + " RETURNING id", tuple(params))
+            return int(self._cur.fetchone()[0])
+        self._cur.execute(sql, tuple(params))
+        return int(self._cur.lastrowid)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._cur.fetchall())
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._cur.fetchone()
+        return tuple(row) if row is not None else None
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)

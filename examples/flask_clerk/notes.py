@@ -1,0 +1,168 @@
+"""Private notes: every field encrypted under the owner's lock context before it is stored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lockkit import Encryption, LockContext, encrypted_column, encrypted_table, matches
+
+from .db import Database, dumps, loads
+
+notes_table = encrypted_table(
+    "notes",
+    title=encrypted_column("title").free_text_search(),
+    body=encrypted_column("body").free_text_search(),
+    tag=encrypted_column("tag").equality(),
+)
+
+MAX_TITLE, MAX_BODY, MAX_TAGS, MAX_TAG = 200, 20_000, 20, 40
+
+
+@dataclass
+class Note:
+    id: int
+    title: str
+    body: str
+    tags: list[str]
+    created_at: float
+    updated_at: float
+
+
+class ValidationError(ValueError):
+    pass
+
+
+def clean(title: str, body: str, tags: str) -> tuple[str, str, list[str]]:
+    title, body = title.strip(), body.strip()
+    tag_list = sorted({t.strip().lower() for t in tags.replace(";", ",").split(",") if t.strip()})
+    if not title or len(title) > MAX_TITLE:
+        raise ValidationError(f"A title of 1-{MAX_TITLE} characters is required.")
+    if len(body) > MAX_BODY:
+        raise ValidationError(f"The body may have at most {MAX_BODY} characters.")
+    if len(tag_list) > MAX_TAGS or any(len(t) > MAX_TAG for t in tag_list):
+        raise ValidationError(f"At most {MAX_TAGS} tags of up to {MAX_TAG} characters.")
+    return title, body, tag_list
+
+
+class NoteStore:
+    """Reads and writes notes for one owner. ``owner`` is the verified ``sub``: every query
+    is scoped by it, and every value is sealed with the owner's lock context."""
+
+    def __init__(self, db: Database, client: Encryption, owner: str, lock_context: LockContext) -> None:
+        self.db, self.client, self.owner, self.lc = db, client, owner, lock_context
+
+    def _encrypt(self, title: str, body: str, tags: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        row = self.client.encrypt_model({"title": title, "body": body}, notes_table).with_lock_context(self.lc).unwrap()
+        tag_payloads = [
+            r.unwrap() for r in self.client.bulk_encrypt(tags, column="tag", table=notes_table).with_lock_context(self.lc).unwrap()
+        ]
+        return row, tag_payloads
+
+    def create(self, title: str, body: str, tags: list[str], *, now: float | None = None) -> int:
+        row, tag_payloads = self._encrypt(title, body, tags)  # encrypt first: a failure stores nothing
+        ts = time.time() if now is None else now
+        with self.db.transaction() as cur:
+            note_id = cur.insert(
+                "INSERT INTO notes (owner, title, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (self.owner, dumps(row["title"]), dumps(row["body"]), ts, ts),
+            )
+            for p in tag_payloads:
+                cur.execute("INSERT INTO note_tags (note_id, owner, tag, tag_hm) VALUES (?, ?, ?, ?)",
+                            (note_id, self.owner, dumps(p), p["hm"]))
+        return note_id
+
+    def update(self, note_id: int, title: str, body: str, tags: list[str]) -> bool:
+        row, tag_payloads = self._encrypt(title, body, tags)
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE notes SET title = ?, body = ?, updated_at = ? WHERE id = ? AND owner = ?",
+                        (dumps(row["title"]), dumps(row["body"]), time.time(), note_id, self.owner))
+            if cur._cur.rowcount != 1:
+                return False
+            cur.execute("DELETE FROM note_tags WHERE note_id = ? AND owner = ?", (note_id, self.owner))
+            for p in tag_payloads:
+                cur.execute("INSERT INTO note_tags (note_id, owner, tag, tag_hm) VALUES (?, ?, ?, ?)",
+                            (note_id, self.owner, dumps(p), p["hm"]))
+        return True
+
+    def delete(self, note_id: int) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM note_tags WHERE note_id = ? AND owner = ?", (note_id, self.owner))
+            cur.execute("DELETE FROM notes WHERE id = ? AND owner = ?", (note_id, self.owner))
+            return bool(cur._cur.rowcount == 1)
+
+    def _rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.db.transaction() as cur:
+            return cur.execute(
+                "SELECT id, title, body, created_at, updated_at FROM notes WHERE owner = ?" + where
+                + " ORDER BY updated_at DESC, id DESC", (self.owner, *params)).fetchall()
+
+    def _tags(self, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self.db.transaction() as cur:
+            rows = cur.execute(f"SELECT note_id, tag FROM note_tags WHERE owner = ? AND note_id IN ({marks})",
+                               (self.owner, *ids)).fetchall()
+        out: dict[int, list[dict[str, Any]]] = {}
+        for note_id, tag in rows:
+            out.setdefault(note_id, []).append(loads(tag))
+        return out
+
+    def _open(self, rows: list[tuple[Any, ...]]) -> list[Note]:
+        """Decrypt rows (titles, bodies and tags) in one bulk operation."""
+        if not rows:
+            return []
+        tags = self._tags([r[0] for r in rows])
+        models = [{"title": loads(r[1]), "body": loads(r[2])} for r in rows]
+        plain = self.client.bulk_decrypt_models(models, notes_table).with_lock_context(self.lc).unwrap()
+        flat = [p for r in rows for p in tags.get(r[0], [])]
+        opened = iter(r.unwrap() for r in self.client.bulk_decrypt(flat).with_lock_context(self.lc).unwrap())
+        notes = []
+        for r, m in zip(rows, plain):
+            note_tags = sorted(next(opened) for _ in tags.get(r[0], []))
+            notes.append(Note(r[0], m["title"], m["body"], note_tags, r[3], r[4]))
+        return notes
+
+    def list(self) -> list[Note]:
+        return self._open(self._rows())
+
+    def get(self, note_id: int) -> Note | None:
+        """The note if this owner has it; ``None`` otherwise (another user's id included) —
+        and then no key is asked for."""
+        rows = self._rows(" AND id = ?", (note_id,))
+        return self._open(rows)[0] if rows else None
+
+    def by_tag(self, tag: str) -> list[Note]:
+        term = self.client.encrypt_query(tag.strip().lower(), column="tag", table=notes_table,
+                                         query_type="equality").with_lock_context(self.lc).unwrap()
+        with self.db.transaction() as cur:
+            ids = [r[0] for r in cur.execute(
+                "SELECT DISTINCT note_id FROM note_tags WHERE owner = ? AND tag_hm = ?", (self.owner, term["hm"])).fetchall()]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        return self._open(self._rows(f" AND id IN ({marks})", tuple(ids)))
+
+    def search(self, text: str) -> list[Note]:
+        """Free-text search: match terms (bloom filters) are compared without decrypting; only
+        candidates are decrypted, then re-checked exactly (bloom filters can over-match)."""
+        term_t = self.client.encrypt_query(text, column="title", table=notes_table).with_lock_context(self.lc).unwrap()
+        term_b = self.client.encrypt_query(text, column="body", table=notes_table).with_lock_context(self.lc).unwrap()
+        with self.db.transaction() as cur:
+            rows = cur.execute("SELECT id, title, body, created_at, updated_at FROM notes WHERE owner = ?"
+                               " ORDER BY updated_at DESC, id DESC", (self.owner,)).fetchall()
+        candidates = [r for r in rows if matches(term_t, loads(r[1])) or matches(term_b, loads(r[2]))]
+        words = [w.casefold() for w in text.split() if w]
+        return [n for n in self._open(candidates)
+                if all(w in n.title.casefold() or w in n.body.casefold() for w in words)]
+
+    def raw(self) -> list[dict[str, Any]]:
+        """What the database holds for this owner (the "what the database sees" page)."""
+        with self.db.transaction() as cur:
+            notes = cur.execute("SELECT id, owner, title, body FROM notes WHERE owner = ? ORDER BY id", (self.owner,)).fetchall()
+            tags = cur.execute("SELECT note_id, tag, tag_hm FROM note_tags WHERE owner = ? ORDER BY note_id", (self.owner,)).fetchall()
+        return [{"table": "notes", "id": r[0], "owner": r[1], "title": loads(r[2]), "body": loads(r[3])} for r in notes] + [
+            {"table": "note_tags", "note_id": r[0], "tag": loads(r[1]), "tag_hm": r[2]} for r in tags
+        ]
