@@ -1,0 +1,797 @@
+"""The encryption client: every operation with and without a lock context, laziness, one
+key-service call per operation, typed round trips, lock-context forms, keysets, rotation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from lockkit import (
+    CtsToken,
+    DecryptionError,
+    EncryptedTable,
+    Encryption,
+    EncryptionError,
+    LockContext,
+    LockContextError,
+    Operation,
+    Result,
+    encrypted_column,
+    encrypted_table,
+    matches,
+)
+from lockkit.cts.embedded import EmbeddedTokenService
+from lockkit.keys.keyring import Keyring
+from lockkit.keys.local import LocalKeyService
+from lockkit.testing import LocalIssuer
+
+Identify = Callable[..., LockContext]
+PAYLOAD_KEYS = {"v", "k", "i", "ks", "kid", "c"}
+
+
+def _sealed(op: Operation[dict[str, Any] | None]) -> dict[str, Any]:
+    """The payload of an encrypt operation that must produce one."""
+    payload = op.unwrap()
+    assert payload is not None
+    return payload
+
+
+def _lock(request: pytest.FixtureRequest, locked: bool) -> LockContext | None:
+    """The ``alice`` fixture when ``locked``, else no lock context."""
+    return request.getfixturevalue("alice") if locked else None
+
+
+def _run(op: Any, lc: LockContext | None) -> Any:
+    return op.with_lock_context(lc) if lc is not None else op
+
+
+def _failure_type(res: Result[Any]) -> str | None:
+    return res.failure.type if res.failure is not None else None
+
+
+# -- single values -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_encrypt_decrypt_round_trip(
+    request: pytest.FixtureRequest, client: Encryption, users: EncryptedTable, locked: bool
+) -> None:
+    lc = _lock(request, locked)
+    enc = _run(client.encrypt("alice@example.com", column=users.email, table=users), lc)
+    payload = enc.data
+    assert enc.failure is None
+    assert PAYLOAD_KEYS <= set(payload)
+    assert payload["v"] == 1 and payload["k"] == "ct"
+    assert payload["i"] == {"t": "users", "c": "email"}
+    assert payload["ks"] == "default"
+    assert "alice@example.com" not in json.dumps(payload)
+    assert ("lc" in payload) is locked
+    if locked:
+        assert payload["lc"] == ["sub"]
+    # the column has both indexes
+    assert isinstance(payload["hm"], str) and isinstance(payload["bf"], list) and payload["bf"]
+    dec = _run(client.decrypt(payload), lc)
+    assert dec.failure is None
+    assert dec.data == "alice@example.com"
+    assert dec.unwrap() == "alice@example.com"
+
+
+def test_two_encryptions_of_one_value_differ(client: Encryption, users: EncryptedTable, alice: LockContext) -> None:
+    a = _sealed(client.encrypt("same", column=users.email, table=users).with_lock_context(alice))
+    b = _sealed(client.encrypt("same", column=users.email, table=users).with_lock_context(alice))
+    assert a["c"] != b["c"]  # random nonce per value
+    assert a["hm"] == b["hm"]  # deterministic equality term for one identity
+
+
+def test_keyword_lock_context_form(client: Encryption, users: EncryptedTable, alice: LockContext) -> None:
+    payload = _sealed(client.encrypt("kw@example.com", column=users.email, table=users, lock_context=alice))
+    assert payload["lc"] == ["sub"]
+    assert client.decrypt(payload, lock_context=alice).unwrap() == "kw@example.com"
+    assert client.decrypt(payload).with_lock_context(alice).unwrap() == "kw@example.com"
+    # without one: the keyword form really locked it
+    assert _failure_type(client.decrypt(payload).result()) == "LockContextError"
+    results = client.bulk_encrypt(["a", "b"], column="email", table="users", lock_context=alice).unwrap()
+    got = client.bulk_decrypt([r.data for r in results], lock_context=alice).unwrap()
+    assert [r.data for r in got] == ["a", "b"]
+    model = client.encrypt_model({"email": "m@x.io"}, users, lock_context=alice).unwrap()
+    assert client.decrypt_model(model, lock_context=alice).unwrap() == {"email": "m@x.io"}
+    term = client.encrypt_query("m@x.io", column=users.email, table=users, lock_context=alice).unwrap()
+    assert matches(term, model["email"])
+
+
+def test_payload_survives_json_storage(client: Encryption, users: EncryptedTable, alice: LockContext) -> None:
+    payload = _sealed(client.encrypt("stored", column=users.email, table=users).with_lock_context(alice))
+    text = json.dumps(payload)
+    assert client.decrypt(json.loads(text)).with_lock_context(alice).unwrap() == "stored"
+    # a JSON string (e.g. straight from a text column) is accepted too
+    assert client.decrypt(text).with_lock_context(alice).unwrap() == "stored"
+
+
+def test_none_stays_none_without_a_key_release(
+    client: Encryption, users: EncryptedTable, alice: LockContext, key_service: LocalKeyService
+) -> None:
+    before = key_service.release_calls
+    enc = client.encrypt(None, column=users.email, table=users).with_lock_context(alice)
+    assert enc.failure is None and enc.data is None
+    dec = client.decrypt(None).with_lock_context(alice)
+    assert dec.failure is None and dec.data is None
+    assert key_service.release_calls == before
+
+
+def test_unknown_table_or_column_is_a_failure(client: Encryption, users: EncryptedTable) -> None:
+    assert _failure_type(client.encrypt("x", column="email", table="nope").result()) == "ClientInitError"
+    assert _failure_type(client.encrypt("x", column="nope", table=users).result()) == "ClientInitError"
+
+
+# -- bulk ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_bulk_round_trip(
+    request: pytest.FixtureRequest, client: Encryption, users: EncryptedTable, locked: bool
+) -> None:
+    lc = _lock(request, locked)
+    values = ["a@example.com", None, "b@example.com", "", "ünïcødé@example.com"]
+    enc = _run(client.bulk_encrypt(values, column=users.email, table=users), lc).unwrap()
+    assert len(enc) == len(values)
+    assert all(r.failure is None for r in enc)
+    assert enc[1].data is None
+    payloads = [r.data for r in enc]
+    for p in payloads:
+        if p is not None:
+            assert ("lc" in p) is locked
+    dec = _run(client.bulk_decrypt(payloads), lc).unwrap()
+    assert [r.failure for r in dec] == [None] * len(values)
+    assert [r.data for r in dec] == values
+
+
+def test_bulk_encrypt_one_bad_item_does_not_sink_the_batch(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    res = client.bulk_encrypt([1, "two", 3, None, True], column=users.age, table=users).with_lock_context(alice)
+    items = res.unwrap()
+    assert [_failure_type(r) for r in items] == [None, "EncryptionError", None, None, "EncryptionError"]
+    assert "int" in items[1].failure.message  # type: ignore[union-attr]
+    assert items[3].data is None
+    back = client.bulk_decrypt([items[0].data, items[2].data]).with_lock_context(alice).unwrap()
+    assert [r.data for r in back] == [1, 3]
+
+
+def test_bulk_decrypt_one_bad_item_does_not_sink_the_batch(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    good = client.bulk_encrypt(["x@y.z", "p@q.r"], column=users.email, table=users).with_lock_context(alice)
+    p1, p2 = (r.data for r in good.unwrap())
+    assert p1 is not None
+    broken = dict(p1, c=p1["c"][:-8] + "AAAAAAA=")
+    batch = [p1, {"garbage": 1}, "not json", broken, None, 42, p2, ["v", "k"]]
+    out = client.bulk_decrypt(batch).with_lock_context(alice).unwrap()
+    assert [_failure_type(r) for r in out] == [
+        None, "DecryptionError", "DecryptionError", "DecryptionError", None, "DecryptionError", None,
+        "DecryptionError",
+    ]
+    assert [out[0].data, out[4].data, out[6].data] == ["x@y.z", None, "p@q.r"]
+    assert all(r.data is None for r in out if r.failure is not None)
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_model_round_trip(
+    request: pytest.FixtureRequest, client: Encryption, users: EncryptedTable, locked: bool
+) -> None:
+    lc = _lock(request, locked)
+    extra = {"k": "v", "nested": [1, 2]}
+    user = {"id": 7, "email": "alice@example.com", "name": "Alice", "age": 41, "notes": None, "extra": extra}
+    enc = _run(client.encrypt_model(user, users), lc).unwrap()
+    assert user["email"] == "alice@example.com"  # the input is not modified
+    assert enc["id"] == 7 and enc["extra"] is extra  # non-schema fields pass through untouched
+    assert enc["notes"] is None
+    for field in ("email", "name", "age"):
+        assert PAYLOAD_KEYS <= set(enc[field]) and ("lc" in enc[field]) is locked
+        assert enc[field]["i"]["c"] == field
+    assert "hm" not in enc["age"] and "bf" not in enc["age"]
+    assert "bf" in enc["name"] and "hm" not in enc["name"]
+    assert _run(client.decrypt_model(enc), lc).unwrap() == user
+    assert _run(client.decrypt_model(enc, users), lc).unwrap() == user
+    assert _run(client.decrypt_model(enc, "users"), lc).unwrap() == user
+
+
+def test_model_fields_absent_stay_absent(client: Encryption, users: EncryptedTable, alice: LockContext) -> None:
+    enc = client.encrypt_model({"email": "only@example.com"}, users).with_lock_context(alice).unwrap()
+    assert set(enc) == {"email"}
+    assert client.decrypt_model(enc, users).with_lock_context(alice).unwrap() == {"email": "only@example.com"}
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_bulk_models_round_trip(
+    request: pytest.FixtureRequest, client: Encryption, users: EncryptedTable, locked: bool
+) -> None:
+    lc = _lock(request, locked)
+    models = [
+        {"id": i, "email": f"u{i}@example.com", "name": None if i % 3 == 0 else f"User {i}", "age": i,
+         "notes": {"tags": ["a", i], "ok": i % 2 == 0}}
+        for i in range(10)
+    ]
+    enc = _run(client.bulk_encrypt_models(models, users), lc).unwrap()
+    assert len(enc) == 10
+    assert [m["id"] for m in enc] == list(range(10))
+    assert enc[0]["name"] is None and enc[3]["name"] is None
+    assert all(("lc" in m["email"]) is locked for m in enc)
+    assert _run(client.bulk_decrypt_models(enc), lc).unwrap() == models
+    assert _run(client.bulk_decrypt_models(enc, users), lc).unwrap() == models
+
+
+def test_bulk_encrypt_models_bad_field_fails_the_operation(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    models: list[dict[str, Any]] = [{"email": "a@x.io", "age": 1}, {"email": "b@x.io", "age": "forty"}]
+    res = client.bulk_encrypt_models(models, users).with_lock_context(alice)
+    assert res.data is None
+    assert res.failure is not None and res.failure.type == "EncryptionError"
+    assert "age" in res.failure.message
+    with pytest.raises(EncryptionError):
+        res.unwrap()
+
+
+def test_decrypt_model_with_table_refuses_plaintext_in_an_encrypted_field(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    res = client.decrypt_model({"email": "plain@example.com"}, users).with_lock_context(alice)
+    assert _failure_type(res.result()) == "DecryptionError"
+    assert "email" in res.failure.message
+
+
+# -- search terms --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_encrypt_query_equality_and_match(
+    request: pytest.FixtureRequest, client: Encryption, users: EncryptedTable, locked: bool
+) -> None:
+    lc = _lock(request, locked)
+    emails = ["alice@example.com", "bob@example.com", "carol@other.org", "Alice@Example.com"]
+    payloads = [r.data for r in _run(client.bulk_encrypt(emails, column=users.email, table=users), lc).unwrap()]
+
+    eq = _run(client.encrypt_query("alice@example.com", column=users.email, table=users, query_type="equality"), lc)
+    term = eq.unwrap()
+    assert set(term) == {"hm"}
+    assert [matches(term, p) for p in payloads] == [True, False, False, False]  # exact, case-sensitive
+
+    mt = _run(client.encrypt_query("example", column=users.email, table=users, query_type="match"), lc).unwrap()
+    assert set(mt) == {"bf"}
+    assert [matches(mt, p) for p in payloads] == [True, True, False, True]  # match is case-insensitive
+    other = _run(client.encrypt_query("other", column="email", table="users", query_type="match"), lc).unwrap()
+    assert [matches(other, p) for p in payloads] == [False, False, True, False]
+
+    both = _run(client.encrypt_query("bob@example.com", column=users.email, table=users), lc).unwrap()
+    assert set(both) == {"hm", "bf"}
+    assert [matches(both, p) for p in payloads] == [False, True, False, False]
+
+
+def test_match_only_column_query(client: Encryption, users: EncryptedTable, alice: LockContext) -> None:
+    models = client.bulk_encrypt_models(
+        [{"name": "Ada Lovelace"}, {"name": "Grace Hopper"}], users
+    ).with_lock_context(alice).unwrap()
+    term = client.encrypt_query("lovelace", column="name", table=users).with_lock_context(alice).unwrap()
+    assert set(term) == {"bf"}
+    assert [matches(term, m["name"]) for m in models] == [True, False]
+
+
+def test_unlocked_terms_do_not_match_locked_payloads(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    locked = _sealed(client.encrypt("a@example.com", column=users.email, table=users).with_lock_context(alice))
+    unlocked = _sealed(client.encrypt("a@example.com", column=users.email, table=users))
+    t_unlocked = client.encrypt_query("a@example.com", column=users.email, table=users, query_type="equality")
+    t_locked = client.encrypt_query("a@example.com", column=users.email, table=users, query_type="equality")
+    term_u, term_l = t_unlocked.unwrap(), t_locked.with_lock_context(alice).unwrap()
+    assert term_u != term_l
+    assert matches(term_u, unlocked) and not matches(term_u, locked)
+    assert matches(term_l, locked) and not matches(term_l, unlocked)
+
+
+@pytest.mark.parametrize(
+    ("value", "column", "query_type", "fragment"),
+    [
+        ("x", "name", "equality", "no equality index"),
+        ("x", "age", None, "no search index"),
+        (3, "age", "match", "no match index"),
+        (None, "email", None, "None"),
+        ("!! ..", "email", "match", "at least one word"),
+        (5, "name", "match", "text"),
+    ],
+)
+def test_encrypt_query_refusals(
+    client: Encryption,
+    users: EncryptedTable,
+    alice: LockContext,
+    value: Any,
+    column: str,
+    query_type: Any,
+    fragment: str,
+) -> None:
+    res = client.encrypt_query(value, column=column, table=users, query_type=query_type).with_lock_context(alice)
+    assert res.data is None
+    assert res.failure is not None and res.failure.type == "EncryptionError"
+    assert fragment in res.failure.message
+
+
+# -- laziness ------------------------------------------------------------------------------
+
+
+def test_operation_runs_once_when_first_read(
+    client: Encryption, users: EncryptedTable, alice: LockContext, key_service: LocalKeyService
+) -> None:
+    before = key_service.release_calls
+    op = client.encrypt("lazy", column=users.email, table=users).with_lock_context(alice)
+    assert key_service.release_calls == before  # built, not run
+    assert "pending" in repr(op)
+    first = op.data
+    assert key_service.release_calls == before + 1
+    assert op.data is first  # cached: the same payload, not a re-encryption
+    assert op.failure is None and op.unwrap() is first and op.result() is op.result()
+    assert key_service.release_calls == before + 1
+    assert "done" in repr(op) and "locked" in repr(op)
+
+    dec = client.decrypt(first).with_lock_context(alice)
+    assert key_service.release_calls == before + 1
+    assert dec.failure is None  # reading .failure runs it too
+    assert key_service.release_calls == before + 2
+    assert dec.data == "lazy"
+    assert key_service.release_calls == before + 2
+
+
+def test_a_failed_operation_is_cached_too(
+    client: Encryption, users: EncryptedTable, bob: LockContext, alice: LockContext, key_service: LocalKeyService
+) -> None:
+    payload = _sealed(client.encrypt("s", column=users.email, table=users).with_lock_context(alice))
+    before = key_service.release_calls
+    op = client.decrypt(payload).with_lock_context(bob)
+    assert op.failure is not None and op.failure.type == "DecryptionError"
+    assert op.failure is op.failure and op.data is None
+    assert key_service.release_calls == before + 1
+    with pytest.raises(DecryptionError):
+        op.unwrap()
+    assert key_service.release_calls == before + 1
+
+
+def test_with_lock_context_returns_a_new_operation(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    base = client.encrypt("v", column=users.email, table=users)
+    locked = base.with_lock_context(alice)
+    assert locked is not base
+    assert "lc" in _sealed(locked)
+    assert "lc" not in _sealed(base)  # the original stays unlocked
+    with pytest.raises(TypeError):
+        base.with_lock_context("alice")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("which", ["encrypt", "decrypt", "bulk_encrypt", "encrypt_model", "encrypt_query"])
+def test_with_lock_context_after_it_ran_raises(
+    client: Encryption, users: EncryptedTable, alice: LockContext, which: str
+) -> None:
+    ops: dict[str, Callable[[], Operation[Any]]] = {
+        "encrypt": lambda: client.encrypt("v", column=users.email, table=users),
+        "decrypt": lambda: client.decrypt(None),
+        "bulk_encrypt": lambda: client.bulk_encrypt(["v"], column=users.email, table=users),
+        "encrypt_model": lambda: client.encrypt_model({"email": "v"}, users),
+        "encrypt_query": lambda: client.encrypt_query("v", column=users.email, table=users),
+    }
+    op = ops[which]()
+    op.result()
+    with pytest.raises(RuntimeError, match="already ran"):
+        op.with_lock_context(alice)
+
+
+# -- one key-service call per operation ----------------------------------------------------
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_one_key_service_call_for_a_1000_value_bulk(
+    request: pytest.FixtureRequest,
+    client: Encryption,
+    users: EncryptedTable,
+    key_service: LocalKeyService,
+    locked: bool,
+) -> None:
+    lc = _lock(request, locked)
+    values = [f"user{i}@example.com" for i in range(1000)]
+    calls = key_service.release_calls
+    enc = _run(client.bulk_encrypt(values, column=users.email, table=users), lc).unwrap()
+    assert key_service.release_calls == calls + 1
+    dec = _run(client.bulk_decrypt([r.data for r in enc]), lc).unwrap()
+    assert key_service.release_calls == calls + 2
+    assert [r.data for r in dec] == values
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])
+def test_one_key_service_call_for_a_50_model_bulk(
+    request: pytest.FixtureRequest,
+    client: Encryption,
+    users: EncryptedTable,
+    key_service: LocalKeyService,
+    locked: bool,
+) -> None:
+    lc = _lock(request, locked)
+    models = [
+        {"email": f"u{i}@example.com", "name": f"User {i}", "age": i, "notes": {"i": i}} for i in range(50)
+    ]
+    calls = key_service.release_calls
+    enc = _run(client.bulk_encrypt_models(models, users), lc).unwrap()
+    assert key_service.release_calls == calls + 1
+    assert _run(client.bulk_decrypt_models(enc, users), lc).unwrap() == models
+    assert key_service.release_calls == calls + 2
+    one = _run(client.encrypt_model(models[0], users), lc).unwrap()  # 4 columns, one call
+    assert key_service.release_calls == calls + 3
+    assert _run(client.decrypt_model(one), lc).unwrap() == models[0]
+    assert key_service.release_calls == calls + 4
+    _run(client.encrypt_query("u1@example.com", column=users.email, table=users), lc).unwrap()
+    assert key_service.release_calls == calls + 5
+
+
+def test_mixed_locked_and_unlocked_bulk_decrypt_is_one_call(
+    client: Encryption, users: EncryptedTable, alice: LockContext, key_service: LocalKeyService
+) -> None:
+    locked = _sealed(client.encrypt("l", column=users.email, table=users).with_lock_context(alice))
+    plain = _sealed(client.encrypt("p", column=users.email, table=users))
+    calls = key_service.release_calls
+    out = client.bulk_decrypt([locked, plain, locked]).with_lock_context(alice).unwrap()
+    assert [r.data for r in out] == ["l", "p", "l"]
+    assert key_service.release_calls == calls + 1
+
+
+# -- typed round trips ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def typed() -> EncryptedTable:
+    return encrypted_table(
+        "typed",
+        t_text=encrypted_column("t_text").equality(),
+        t_int=encrypted_column("t_int").data_type("int").equality(),
+        t_float=encrypted_column("t_float").data_type("float"),
+        t_bool=encrypted_column("t_bool").data_type("bool"),
+        t_date=encrypted_column("t_date").data_type("date"),
+        t_datetime=encrypted_column("t_datetime").data_type("datetime"),
+        t_json=encrypted_column("t_json").data_type("json"),
+    )
+
+
+@pytest.fixture
+def typed_client(
+    typed: EncryptedTable, key_service: LocalKeyService, token_service: EmbeddedTokenService
+) -> Encryption:
+    return Encryption([typed], key_service=key_service, token_service=token_service)
+
+
+IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
+TYPED_VALUES: list[tuple[str, Any]] = [
+    ("t_text", "plain"),
+    ("t_text", ""),
+    ("t_text", "émoji 🔐 and 漢字\n\t\x00"),
+    ("t_int", 0),
+    ("t_int", -42),
+    ("t_int", 2**200),
+    ("t_float", 3.141592653589793),
+    ("t_float", 0.0),
+    ("t_float", -0.0),
+    ("t_float", math.inf),
+    ("t_float", -math.inf),
+    ("t_float", math.nan),
+    ("t_float", 5e-324),
+    ("t_bool", True),
+    ("t_bool", False),
+    ("t_date", dt.date(2024, 2, 29)),
+    ("t_date", dt.date(1, 1, 1)),
+    ("t_datetime", dt.datetime(2024, 5, 17, 13, 45, 7, 123456)),
+    ("t_datetime", dt.datetime(2024, 5, 17, 13, 45, 7, tzinfo=dt.timezone.utc)),
+    ("t_datetime", dt.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=IST)),
+    ("t_json", {"a": [1, 2.5, None, True, {"b": {"c": ["deep", {"d": []}]}}], "e": {}}),
+    ("t_json", [1, "two", [3, [4, [5]]]]),
+    ("t_json", "just a string"),
+    ("t_json", 17),
+    ("t_json", None),  # JSON null in a json column is None: stays None
+]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a):
+            return math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
+        return a == b and (a.tzinfo is None) == (b.tzinfo is None) and a.utcoffset() == b.utcoffset()
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize(("column", "value"), TYPED_VALUES, ids=[f"{c}-{v!r}"[:40] for c, v in TYPED_VALUES])
+def test_typed_round_trip(
+    typed_client: Encryption, typed: EncryptedTable, alice: LockContext, column: str, value: Any
+) -> None:
+    enc = typed_client.encrypt(value, column=column, table=typed).with_lock_context(alice)
+    assert enc.failure is None
+    back = typed_client.decrypt(enc.data).with_lock_context(alice).unwrap()
+    assert type(back) is type(value)
+    assert _same(back, value)
+
+
+def test_typed_model_and_bulk_round_trip(typed_client: Encryption, typed: EncryptedTable, alice: LockContext) -> None:
+    model = {
+        "t_text": "x", "t_int": 1, "t_float": -0.0, "t_bool": False, "t_date": dt.date(2020, 1, 2),
+        "t_datetime": dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=IST), "t_json": {"k": [1, {"v": None}]},
+    }
+    back = typed_client.decrypt_model(
+        typed_client.encrypt_model(model, typed).with_lock_context(alice).unwrap(), typed
+    ).with_lock_context(alice).unwrap()
+    assert back == model
+    assert {k: type(v) for k, v in back.items()} == {k: type(v) for k, v in model.items()}
+    assert math.copysign(1.0, back["t_float"]) == -1.0
+    values = [dt.date(2000, 1, 1), None, dt.date(2038, 1, 19)]
+    enc = typed_client.bulk_encrypt(values, column="t_date", table=typed).with_lock_context(alice).unwrap()
+    dec = typed_client.bulk_decrypt([r.data for r in enc]).with_lock_context(alice).unwrap()
+    assert [r.data for r in dec] == values
+
+
+class _Opaque:
+    pass
+
+
+_circular: list[Any] = []
+_circular.append(_circular)
+
+WRONG_TYPES: list[tuple[str, Any]] = [
+    ("t_text", 1),
+    ("t_text", b"bytes"),
+    ("t_text", "lone surrogate \ud800"),
+    ("t_int", "1"),
+    ("t_int", 1.0),
+    ("t_int", True),
+    ("t_float", "1.5"),
+    ("t_float", True),
+    ("t_bool", 1),
+    ("t_bool", "true"),
+    ("t_date", "2024-01-01"),
+    ("t_date", dt.datetime(2024, 1, 1, 12, 0)),
+    ("t_datetime", dt.date(2024, 1, 1)),
+    ("t_datetime", "2024-01-01T00:00:00"),
+    ("t_json", _Opaque()),
+    ("t_json", {1, 2}),
+    ("t_json", _circular),
+]
+
+
+@pytest.mark.parametrize(("column", "value"), WRONG_TYPES, ids=[f"{c}-{type(v).__name__}" for c, v in WRONG_TYPES])
+def test_wrong_type_for_a_column_is_an_encryption_error(
+    typed_client: Encryption, typed: EncryptedTable, alice: LockContext, column: str, value: Any
+) -> None:
+    res = typed_client.encrypt(value, column=column, table=typed).with_lock_context(alice)
+    assert res.data is None
+    assert res.failure is not None and res.failure.type == "EncryptionError"
+    assert f"typed.{column}" in res.failure.message
+    with pytest.raises(EncryptionError):
+        res.unwrap()
+    bulk = typed_client.bulk_encrypt([value], column=column, table=typed).with_lock_context(alice).unwrap()
+    assert _failure_type(bulk[0]) == "EncryptionError"
+
+
+def test_date_column_refuses_a_datetime(typed_client: Encryption, typed: EncryptedTable, alice: LockContext) -> None:
+    res = typed_client.encrypt(dt.datetime(2024, 1, 1), column="t_date", table=typed).with_lock_context(alice)
+    assert res.failure is not None and res.failure.type == "EncryptionError"
+    assert "date" in res.failure.message and "datetime" in res.failure.message
+    ok = typed_client.encrypt(dt.date(2024, 1, 1), column="t_date", table=typed).with_lock_context(alice)
+    assert ok.failure is None
+
+
+@pytest.mark.parametrize("column", ["t_text", "t_int", "t_float", "t_bool", "t_date", "t_datetime", "t_json"])
+def test_none_stays_none_in_every_type(
+    typed_client: Encryption, typed: EncryptedTable, alice: LockContext, column: str
+) -> None:
+    assert typed_client.encrypt(None, column=column, table=typed).with_lock_context(alice).unwrap() is None
+    enc = typed_client.encrypt_model({column: None, "other": 1}, typed).with_lock_context(alice).unwrap()
+    assert enc == {column: None, "other": 1}
+    assert typed_client.decrypt_model(enc, typed).with_lock_context(alice).unwrap() == {column: None, "other": 1}
+    assert [r.data for r in typed_client.bulk_decrypt([None]).unwrap()] == [None]
+
+
+def test_equality_terms_are_typed(typed_client: Encryption, typed: EncryptedTable, alice: LockContext) -> None:
+    p = _sealed(typed_client.encrypt(7, column="t_int", table=typed).with_lock_context(alice))
+    same = typed_client.encrypt_query(7, column="t_int", table=typed).with_lock_context(alice).unwrap()
+    other = typed_client.encrypt_query(8, column="t_int", table=typed).with_lock_context(alice).unwrap()
+    assert matches(same, p) and not matches(other, p)
+    bad = typed_client.encrypt_query("7", column="t_int", table=typed).with_lock_context(alice)
+    assert bad.failure is not None and bad.failure.type == "EncryptionError"
+
+
+# -- lock-context forms --------------------------------------------------------------------
+
+
+def test_lock_context_from_a_cts_token_decrypts_without_an_exchange(
+    client: Encryption,
+    users: EncryptedTable,
+    alice: LockContext,
+    token_service: EmbeddedTokenService,
+) -> None:
+    payload = _sealed(client.encrypt("tok@example.com", column=users.email, table=users).with_lock_context(alice))
+    token = alice.cts_token
+    assert token is not None
+    calls = token_service.calls
+    rebuilt = LockContext(cts_token=CtsToken(access_token=token.access_token, expiry=token.expiry))
+    assert client.decrypt(payload).with_lock_context(rebuilt).unwrap() == "tok@example.com"
+    from_wire = LockContext(cts_token=token.to_dict())
+    assert client.decrypt(payload).with_lock_context(from_wire).unwrap() == "tok@example.com"
+    again = _sealed(client.encrypt("new", column=users.email, table=users).with_lock_context(from_wire))
+    assert client.decrypt(again).with_lock_context(alice).unwrap() == "new"
+    assert token_service.calls == calls
+
+
+def test_cts_token_wire_round_trip(alice: LockContext) -> None:
+    token = alice.cts_token
+    assert token is not None
+    wire = token.to_dict()
+    assert set(wire) == {"accessToken", "expiry"}
+    assert wire["accessToken"] == token.access_token and wire["expiry"] == token.expiry
+    assert isinstance(wire["expiry"], int)
+    assert CtsToken.from_dict(json.loads(json.dumps(wire))) == token
+    assert token.access_token not in repr(token) and token.access_token not in repr(alice)
+
+
+def test_an_unidentified_lock_context_is_a_lock_context_error(client: Encryption, users: EncryptedTable) -> None:
+    res = client.encrypt("x", column=users.email, table=users).with_lock_context(LockContext())
+    assert res.failure is not None and res.failure.type == "LockContextError"
+    assert "identify" in res.failure.message
+
+
+@pytest.mark.parametrize("claims", [["sub"], ["sub", "scopes"]])
+def test_reference_context_form(
+    client: Encryption,
+    users: EncryptedTable,
+    idp: LocalIssuer,
+    token_service: EmbeddedTokenService,
+    claims: list[str],
+) -> None:
+    lc = LockContext(context={"identityClaim": claims}, token_service=token_service)
+    bound = lc.identify(idp.mint("alice", scope="read")).unwrap()
+    assert bound.identity_claim == tuple(claims)
+    payload = _sealed(client.encrypt("ctx", column=users.email, table=users).with_lock_context(bound))
+    assert payload["lc"] == claims
+    assert client.decrypt(payload).with_lock_context(bound).unwrap() == "ctx"
+    same = LockContext(identity_claim=tuple(claims), token_service=token_service)
+    same_bound = same.identify(idp.mint("alice", scope="read")).unwrap()
+    assert client.decrypt(payload).with_lock_context(same_bound).unwrap() == "ctx"
+
+
+def test_scopes_are_part_of_the_identity(client: Encryption, users: EncryptedTable, identify: Identify) -> None:
+    claim = ("sub", "scopes")
+    reader = identify("alice", identity_claim=claim, scope="read")
+    admin = identify("alice", identity_claim=claim, scope="read admin")
+    admin_reordered = identify("alice", identity_claim=claim, scope="admin read")
+    p_reader = _sealed(client.encrypt("r", column=users.email, table=users).with_lock_context(reader))
+    p_admin = _sealed(client.encrypt("a", column=users.email, table=users).with_lock_context(admin))
+    assert p_reader["lc"] == ["sub", "scopes"]
+    assert client.decrypt(p_reader).with_lock_context(reader).unwrap() == "r"
+    assert client.decrypt(p_admin).with_lock_context(admin).unwrap() == "a"
+    for payload, other in ((p_reader, admin), (p_admin, reader)):
+        res = client.decrypt(payload).with_lock_context(other)
+        assert res.failure is not None and res.failure.type == "DecryptionError"
+        assert res.data is None
+    # scope order does not matter: the same set of scopes is the same identity
+    assert client.decrypt(p_admin).with_lock_context(admin_reordered).unwrap() == "a"
+    # terms differ too
+    t_reader = client.encrypt_query("r", column=users.email, table=users).with_lock_context(reader).unwrap()
+    t_admin = client.encrypt_query("r", column=users.email, table=users).with_lock_context(admin).unwrap()
+    assert matches(t_reader, p_reader) and not matches(t_admin, p_reader)
+
+
+def test_org_id_claim_shares_within_an_org(client: Encryption, users: EncryptedTable, identify: Identify) -> None:
+    claim = ("org_id",)
+    alice = identify("alice", identity_claim=claim, org_id="acme")
+    bob = identify("bob", identity_claim=claim, org_id="acme")
+    carol = identify("carol", identity_claim=claim, org_id="globex")
+    payload = _sealed(client.encrypt("shared", column=users.email, table=users).with_lock_context(alice))
+    assert payload["lc"] == ["org_id"]
+    assert client.decrypt(payload).with_lock_context(alice).unwrap() == "shared"
+    assert client.decrypt(payload).with_lock_context(bob).unwrap() == "shared"
+    res = client.decrypt(payload).with_lock_context(carol)
+    assert res.failure is not None and res.failure.type == "DecryptionError" and res.data is None
+    t_bob = client.encrypt_query("shared", column=users.email, table=users).with_lock_context(bob).unwrap()
+    t_carol = client.encrypt_query("shared", column=users.email, table=users).with_lock_context(carol).unwrap()
+    assert matches(t_bob, payload) and not matches(t_carol, payload)
+    # a value locked to alice's sub is still hers alone
+    mine = client.encrypt("mine", column=users.email, table=users).with_lock_context(
+        identify("alice", org_id="acme")
+    ).unwrap()
+    assert client.decrypt(mine).with_lock_context(identify("bob", org_id="acme")).failure is not None
+
+
+# -- keysets -------------------------------------------------------------------------------
+
+
+def test_keysets_are_independent(
+    client: Encryption,
+    users: EncryptedTable,
+    alice: LockContext,
+    key_service: LocalKeyService,
+    token_service: EmbeddedTokenService,
+) -> None:
+    tenant = Encryption([users], key_service=key_service, token_service=token_service, keyset="tenant-a")
+    assert tenant.keyset == "tenant-a" and client.keyset == "default"
+    for lc in (alice, None):
+        p_default = _run(client.encrypt("d", column=users.email, table=users), lc).unwrap()
+        p_tenant = _run(tenant.encrypt("t", column=users.email, table=users), lc).unwrap()
+        assert p_default["ks"] == "default" and p_tenant["ks"] == "tenant-a"
+        assert _run(client.decrypt(p_default), lc).unwrap() == "d"
+        assert _run(tenant.decrypt(p_tenant), lc).unwrap() == "t"
+
+        for reader, payload in ((tenant, p_default), (client, p_tenant)):
+            res = _run(reader.decrypt(payload), lc)
+            assert res.failure is not None and res.failure.type == "DecryptionError"
+            assert "'default'" in res.failure.message and "'tenant-a'" in res.failure.message
+            # editing ks to match the reader does not help: the keys themselves differ (the key
+            # check says so before the AEAD even runs), not only the authenticated header
+            forged = dict(payload, ks=reader.keyset)
+            res = _run(reader.decrypt(forged), lc)
+            assert res.failure is not None and res.failure.type == "DecryptionError" and res.data is None
+            assert ("another identity" if lc is not None else "other keys") in res.failure.message
+
+        # terms are per keyset too
+        t_tenant = _run(tenant.encrypt_query("d", column=users.email, table=users), lc).unwrap()
+        assert not matches(t_tenant, p_default)
+
+
+# -- rotation ------------------------------------------------------------------------------
+
+
+def test_rotation_new_values_use_the_new_key_old_ones_still_decrypt(
+    client: Encryption, users: EncryptedTable, alice: LockContext, keyring: Keyring
+) -> None:
+    old_locked = _sealed(client.encrypt("old", column=users.email, table=users).with_lock_context(alice))
+    old_plain = _sealed(client.encrypt("old-plain", column=users.email, table=users))
+    assert old_locked["kid"] == old_plain["kid"] == "1"
+    assert keyring.rotate() == 2
+    new_locked = _sealed(client.encrypt("new", column=users.email, table=users).with_lock_context(alice))
+    new_plain = _sealed(client.encrypt("new-plain", column=users.email, table=users))
+    assert new_locked["kid"] == new_plain["kid"] == "2"
+    out = client.bulk_decrypt([old_locked, new_locked, old_plain, new_plain]).with_lock_context(alice).unwrap()
+    assert [r.data for r in out] == ["old", "new", "old-plain", "new-plain"]
+    # search terms do not depend on the key version: old and new rows are found alike
+    term = client.encrypt_query("old", column=users.email, table=users).with_lock_context(alice).unwrap()
+    assert matches(term, old_locked)
+    new_term = client.encrypt_query("new", column=users.email, table=users).with_lock_context(alice).unwrap()
+    assert matches(new_term, new_locked)
+    # a kid edited to the other version does not open
+    res = client.decrypt(dict(old_locked, kid="2")).with_lock_context(alice)
+    assert res.failure is not None and res.failure.type == "DecryptionError"
+
+
+def test_identify_after_rotation_still_works(
+    client: Encryption, users: EncryptedTable, alice: LockContext, keyring: Keyring, identify: Identify
+) -> None:
+    """Rotation also rotates the CTS signing key: the key service must trust the new one."""
+    before = _sealed(client.encrypt("before", column=users.email, table=users).with_lock_context(alice))
+    keyring.rotate()
+    fresh = identify("alice")
+    assert fresh.cts_token is not None and fresh.cts_token != alice.cts_token
+    assert client.decrypt(before).with_lock_context(fresh).unwrap() == "before"
+    after = _sealed(client.encrypt("after", column=users.email, table=users).with_lock_context(fresh))
+    assert after["kid"] == "2"
+    assert client.decrypt(after).with_lock_context(alice).unwrap() == "after"  # old token, still valid
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+def test_a_column_field_called_name(client: Encryption, users: EncryptedTable, alice: LockContext) -> None:
+    """DESIGN.md's own example declares a ``name`` column; the table's name is ``table_name``."""
+    table = encrypted_table("people", name=encrypted_column("name"))
+    assert table.table_name == "people" and table.name is table.columns["name"]
+    payload = _sealed(client.encrypt("Ada", column=users.name, table=users).with_lock_context(alice))
+    assert payload["i"] == {"t": "users", "c": "name"}
+    assert client.decrypt(payload).with_lock_context(alice).unwrap() == "Ada"
