@@ -122,15 +122,12 @@ class Encryption:
         token_service: TokenService | None = None,
     ) -> None:
         if key_service is None:
-            settings = settings or load_settings()
-            from .cts import default_token_service
-            from .cts.embedded import EmbeddedTokenService
-            from .keys.local import LocalKeyService
+            if token_service is not None:
+                raise ClientInitError("pass key_service= together with token_service=")
+            from .cts import default_services
 
-            token_service = token_service or default_token_service(settings)
-            if not isinstance(token_service, EmbeddedTokenService):
-                raise ClientInitError("pass key_service= when using a non-embedded token service")
-            key_service = LocalKeyService(token_service._keyring, token_service.verifier())
+            settings = settings or load_settings()
+            token_service, key_service = default_services(settings)
         self.workspace_crn = key_service.workspace_crn
         self.keyset = check_name("keyset", keyset or (settings.keyset if settings else "default"))
         self.key_service = key_service

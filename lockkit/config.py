@@ -88,9 +88,16 @@ class Settings:
     cts_claims: tuple[str, ...] = ()
     issuers: tuple[IssuerConfig, ...] = ()
     config_path: Path | None = None
+    #: "local" (the keyring) or "openbao"
+    key_backend: str = "local"
+    openbao: OpenBaoConfig | None = None
 
     def __post_init__(self) -> None:
         parse_crn(self.workspace_crn)
+        if self.key_backend not in ("local", "openbao"):
+            raise ConfigurationError(f"unknown key backend {self.key_backend!r}: set LOCKKIT_KEY_BACKEND to local or openbao")
+        if self.key_backend == "openbao" and self.openbao is None:
+            raise ConfigurationError("the openbao key backend needs LOCKKIT_OPENBAO_ADDR (or [openbao] addr)")
         check_name("keyset", self.keyset)
         if not MIN_CTS_LIFETIME <= self.cts_lifetime <= MAX_CTS_LIFETIME:
             raise ConfigurationError(
@@ -110,6 +117,59 @@ class Settings:
     @property
     def workspace_id(self) -> str:
         return parse_crn(self.workspace_crn)[1]
+
+
+@dataclass(frozen=True)
+class OpenBaoConfig:
+    """Where OpenBao is and how lockkit uses it (``[openbao]`` in lockkit.toml or
+    ``LOCKKIT_OPENBAO_*``; operators: see ``docs/deploy.md``)."""
+
+    addr: str
+    auth_mount: str = "jwt-cel"
+    role: str = "lockkit"
+    #: "cel" logs in at ``auth/<mount>/cel/login`` (recommended), "plain" at ``auth/<mount>/login``
+    login: str = "cel"
+    transit_mount: str = "transit"
+    key_prefix: str = "lkx-"
+    max_batch: int = 450
+    timeout: float = 5.0
+    retries: int = 2
+    backoff: float = 0.1
+    ca_cert: str | None = None
+    #: how long an unwrapped DEK may be reused (never past the token's expiry)
+    dek_cache_ttl: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.addr.startswith(("http://", "https://")):
+            raise ConfigurationError("set LOCKKIT_OPENBAO_ADDR to the server's URL, e.g. https://bao.example:8200")
+        if self.login not in ("cel", "plain"):
+            raise ConfigurationError("LOCKKIT_OPENBAO_LOGIN must be 'cel' or 'plain'")
+        if not 1 <= self.max_batch <= 10000:
+            raise ConfigurationError("LOCKKIT_OPENBAO_MAX_BATCH must be between 1 and 10000")
+        if self.login == "plain" and self.key_prefix == "lkx-":
+            raise ConfigurationError("the plain JWT role names keys lk-<sub>: set key_prefix 'lk-' (never share a prefix)")
+
+
+_OPENBAO_FIELDS = {
+    "addr": str, "auth_mount": str, "role": str, "login": str, "transit_mount": str, "key_prefix": str,
+    "max_batch": int, "timeout": float, "retries": int, "ca_cert": str, "dek_cache_ttl": float,
+}
+
+
+def _openbao(table: Any, env: Mapping[str, str]) -> OpenBaoConfig:
+    if not isinstance(table, dict) or set(table) - set(_OPENBAO_FIELDS):
+        raise ConfigurationError(f"[openbao] accepts only {sorted(_OPENBAO_FIELDS)}")
+    values: dict[str, Any] = dict(table)
+    for name, kind in _OPENBAO_FIELDS.items():
+        raw = _env_get(env, f"LOCKKIT_OPENBAO_{name.upper()}")
+        if raw is not None:
+            try:
+                values[name] = kind(raw)
+            except ValueError as err:
+                raise ConfigurationError(f"LOCKKIT_OPENBAO_{name.upper()} must be a {kind.__name__}") from err
+    if "addr" not in values:
+        raise ConfigurationError("the openbao key backend needs LOCKKIT_OPENBAO_ADDR (or [openbao] addr)")
+    return OpenBaoConfig(**values)
 
 
 _RESERVED_CLAIMS = frozenset({"sub", "scopes", "iss", "aud", "exp", "iat", "nbf", "jti", "idp"})
@@ -158,7 +218,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"{path} is not valid TOML: {err}") from err
 
 
-_TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers"}
+_TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers", "key_backend", "openbao"}
 _CTS_KEYS = {"lifetime", "claims"}
 
 
@@ -249,6 +309,8 @@ def load_settings(
         issuers = [i for i in issuers if i.issuer != env_issuer] + [IssuerConfig.from_mapping(spec)]
 
     keyset = _env_get(env, "LOCKKIT_KEYSET") or data.get("keyset") or DEFAULT_KEYSET
+    backend = _env_get(env, "LOCKKIT_KEY_BACKEND") or data.get("key_backend") or "local"
+    openbao = _openbao(data.get("openbao", {}), env) if backend == "openbao" else None
     return Settings(
         workspace_crn=crn.strip(),
         keyring_path=None if keyring_json else keyring_path,
@@ -258,6 +320,8 @@ def load_settings(
         cts_claims=claims,
         issuers=tuple(issuers),
         config_path=cfg_path,
+        key_backend=backend,
+        openbao=openbao,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from ..config import Settings, load_settings
 from ..identity import TokenService
@@ -15,10 +16,11 @@ __all__ = [
     "CtsVerifier",
     "EmbeddedTokenService",
     "build_token_service",
+    "default_services",
     "default_token_service",
 ]
 
-_defaults: dict[Settings, TokenService] = {}
+_defaults: dict[Settings, tuple[TokenService, Any]] = {}
 _defaults_lock = threading.Lock()
 
 
@@ -37,14 +39,22 @@ def build_token_service(settings: Settings) -> EmbeddedTokenService:
     )
 
 
-def default_token_service(settings: Settings | None = None) -> TokenService:
-    """The process-wide token service for ``settings`` (default: :func:`load_settings`).
+def default_services(settings: Settings | None = None) -> tuple[TokenService, Any]:
+    """The process-wide ``(token service, key service)`` for ``settings`` (default:
+    :func:`load_settings`), built once.
 
-    :raises ConfigurationError: no workspace configured, or a bad keyring.
+    :raises ConfigurationError: no workspace configured, or a bad keyring or backend.
     """
+    from ..services import build_services
+
     settings = settings or load_settings()
     with _defaults_lock:
-        service = _defaults.get(settings)
-        if service is None:
-            service = _defaults[settings] = build_token_service(settings)
-        return service
+        pair = _defaults.get(settings)
+        if pair is None:
+            pair = _defaults[settings] = build_services(settings)
+        return pair
+
+
+def default_token_service(settings: Settings | None = None) -> TokenService:
+    """The process-wide token service (see :func:`default_services`)."""
+    return default_services(settings)[0]

@@ -16,16 +16,14 @@ from werkzeug.wrappers import Response
 from ..client import Encryption
 from ..config import Settings, load_settings
 from ..cts import CtsUnavailableError
-from ..cts.embedded import EmbeddedTokenService
 from ..errors import ClientInitError, CtsTokenError, IdentityError, ProviderUnavailableError
-from ..identity import CtsToken
+from ..identity import CtsToken, TokenService
 from ..keys import KeyService
-from ..keys.keyring import load_keyring
-from ..keys.local import LocalKeyService
-from ..oidc import Claims, OIDCVerifier
+from ..oidc import Claims
 from ..plugins import identity_provider_classes, make_plugin_manager
 from ..provider import IdentityProvider
 from ..schema import EncryptedTable
+from ..services import build_services
 from . import signals
 from .session import Sealer
 
@@ -52,7 +50,7 @@ class LockKitState:
 
     settings: Settings
     providers: list[IdentityProvider]
-    token_service: EmbeddedTokenService
+    token_service: TokenService
     key_service: KeyService
     sealer: Sealer
     plugin_manager: pluggy.PluginManager
@@ -103,13 +101,7 @@ class LockKit:
             trace=bool(app.config["LOCKKIT_TRACE_PLUGINS"]),
         )
         providers = _build_providers(app, pm)
-        keyring = load_keyring(settings.keyring_path, settings.keyring_json)
-        verifiers: list[Any] = list(providers) + [OIDCVerifier(i) for i in settings.issuers]
-        token_service = EmbeddedTokenService(
-            workspace_crn=settings.workspace_crn, keyring=keyring, verifiers=verifiers,
-            lifetime=settings.cts_lifetime, claims=settings.cts_claims,
-        )
-        key_service = LocalKeyService(keyring, token_service.verifier())
+        token_service, key_service = build_services(settings, providers)
         claim = app.config["LOCKKIT_IDENTITY_CLAIM"]
         state = LockKitState(
             settings=settings,

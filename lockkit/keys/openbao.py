@@ -1,0 +1,393 @@
+"""The OpenBao key service: the *server* enforces the lock.
+
+In this mode the "CTS token" is the OpenBao token obtained by logging in with the user's
+verified identity JWT (JWT auth, a CEL role). An ACL policy templated on the identity lets that
+token use only the user's own transit key, ``lkx-<hex(sub)>`` (injective and case-safe for any
+``sub``). The app never holds a token that can use another user's key.
+
+Envelope encryption, bulk-first (see ``../shared/reference/openbao.md`` §6, §9):
+
+* encrypt: one ``transit/datakey/plaintext`` call per batch gives a fresh 256-bit data key (DEK)
+  and its wrapped form; column keys are derived locally with HKDF(DEK, workspace, keyset,
+  table, column, key name); the wrapped DEK is the payload's key id.
+* decrypt: the distinct wrapped DEKs of a batch are unwrapped with ``transit/decrypt``
+  ``batch_input`` calls of at most ``max_batch`` items. Unwrapped DEKs are cached briefly, per
+  token (so a cache hit still requires that subject's live token).
+* search terms: ``transit/hmac`` (key version 1, so terms survive rotation) of a per-column
+  label gives deterministic, per-user index keys; one call per batch.
+
+OpenBao only ever sees 32-byte keys, never values. Every call has a timeout; only connection
+errors and 5xx are retried; a 403 is a ``LockContextError`` and is never retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..config import OpenBaoConfig
+from ..cts.embedded import CtsUnavailableError
+from ..errors import (
+    CtsTokenError,
+    DecryptionError,
+    EncryptionError,
+    IdentityError,
+    LockContextError,
+    LockkitError,
+    ProviderUnavailableError,
+)
+from ..identity import EXPIRED_MESSAGE, CtsToken
+from ..oidc import IssuerRouter, TokenVerifier
+from . import ColumnKey, KeyRequest, Lock
+from .keyring import canonical
+
+TOKEN_PREFIX = "lkbao1."
+MIN_TOKEN_SECONDS = 5
+
+
+def key_name(config: OpenBaoConfig, sub: str) -> str:
+    """The user's transit key: ``lkx-<hex(utf-8 sub)>`` (CEL role), or ``lk-<sub>`` (plain
+    role, only for subjects that fit OpenBao's key-name rules and never differ only in case).
+
+    :raises LockContextError: a subject the plain role cannot name safely.
+    """
+    if config.login == "cel":
+        return config.key_prefix + sub.encode().hex()
+    ok = sub and all(c.isascii() and (c.isalnum() or c in "_.-") for c in sub) and sub[0] not in ".-" and sub[-1] not in ".-"
+    if not ok or ".." in sub:
+        raise LockContextError(
+            "this subject cannot name an OpenBao key under the plain JWT role; use the CEL role (login='cel')"
+        )
+    return config.key_prefix + sub
+
+
+class BaoError(Exception):
+    def __init__(self, status: int, errors: list[str]) -> None:
+        super().__init__(f"OpenBao {status}: {'; '.join(errors)[:300]}")
+        self.status = status
+        self.errors = errors
+
+
+class BaoUnavailable(Exception):
+    pass
+
+
+class OpenBaoHTTP:
+    """Minimal OpenBao HTTP client: timeouts, retries only on connection errors and 5xx."""
+
+    def __init__(self, config: OpenBaoConfig, *, session: requests.Session | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._session = session or requests.Session()
+        if config.ca_cert:
+            self._session.verify = config.ca_cert
+        self._sleep = sleep
+        self.requests = 0
+
+    def call(self, method: str, path: str, *, token: str | None = None, body: Any = None) -> dict[str, Any]:
+        url = f"{self.config.addr.rstrip('/')}/v1/{path}"
+        headers = {"X-Vault-Token": token} if token else {}
+        delay = self.config.backoff
+        last: Exception | None = None
+        for attempt in range(1 + self.config.retries):
+            if attempt:
+                self._sleep(delay)
+                delay = min(delay * 2, 2.0)
+            try:
+                self.requests += 1
+                resp = self._session.request(method, url, json=body, headers=headers,
+                                             timeout=self.config.timeout, allow_redirects=False)
+            except requests.RequestException as err:
+                last = err
+                continue
+            if resp.status_code >= 500 or resp.status_code in (307, 429):
+                last = BaoError(resp.status_code, _errors(resp))
+                continue
+            if resp.status_code >= 400:
+                raise BaoError(resp.status_code, _errors(resp))
+            if resp.status_code == 204 or not resp.content:
+                return {}
+            try:
+                doc = resp.json()
+            except ValueError as err:
+                raise BaoError(resp.status_code, ["response is not JSON"]) from err
+            return doc if isinstance(doc, dict) else {}
+        raise BaoUnavailable(f"OpenBao at {self.config.addr} is unreachable ({type(last).__name__}: {str(last)[:200]})")
+
+
+def _errors(resp: requests.Response) -> list[str]:
+    try:
+        errs = resp.json().get("errors", [])
+        return [str(e) for e in errs] if isinstance(errs, list) else [str(errs)]
+    except (ValueError, AttributeError):
+        return [resp.text[:200]]
+
+
+def encode_token(bao_token: str, key: str, sub: str) -> str:
+    """The CTS token's access token in OpenBao mode: the OpenBao client token plus the key it
+    may use (the server enforces that pairing; a tampered key name just gets a 403)."""
+    doc = json.dumps({"t": bao_token, "k": key, "s": sub}, separators=(",", ":")).encode()
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(doc).decode().rstrip("=")
+
+
+def decode_token(access_token: str) -> tuple[str, str, str]:
+    """``(openbao token, key name, subject)`` from an OpenBao-mode CTS token.
+
+    :raises LockContextError: not such a token.
+    """
+    if not isinstance(access_token, str) or not access_token.startswith(TOKEN_PREFIX):
+        raise LockContextError("this CTS token was not issued for the OpenBao key service")
+    body = access_token[len(TOKEN_PREFIX):]
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        t, k, s = doc["t"], doc["k"], doc["s"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as err:
+        raise LockContextError("CTS token rejected: malformed") from err
+    if not all(isinstance(x, str) and x for x in (t, k, s)):
+        raise LockContextError("CTS token rejected: malformed")
+    return t, k, s
+
+
+class OpenBaoTokenService:
+    """Exchanges a verified identity JWT for an OpenBao token (the CTS token in this mode).
+
+    lockkit verifies the JWT itself first (pinned algorithms, issuer, audience...) so that a
+    bad token is refused before any network call and the session knows the subject; OpenBao
+    verifies it again at login with its own JWKS.
+    """
+
+    def __init__(self, config: OpenBaoConfig, verifiers: Sequence[TokenVerifier], *,
+                 http: OpenBaoHTTP | None = None) -> None:
+        self.config = config
+        self._router = IssuerRouter(list(verifiers)) if verifiers else None
+        self.http = http or OpenBaoHTTP(config)
+        self.calls = 0
+
+    def authorize(self, idp_jwt: str, now: float | None = None) -> CtsToken:
+        """:raises CtsTokenError: the JWT was rejected (by lockkit or OpenBao);
+        :class:`CtsUnavailableError` when OpenBao or the IdP's keys are unreachable."""
+        self.calls += 1
+        if self._router is None:
+            raise CtsTokenError("The JWT was rejected by CTS: no identity provider is trusted")
+        now = time.time() if now is None else now
+        try:
+            _, claims = self._router.verify(idp_jwt, now=now)
+        except ProviderUnavailableError as err:
+            raise CtsUnavailableError(f"CTS could not verify the JWT: {err.message}") from err
+        except IdentityError as err:
+            raise CtsTokenError(f"The JWT was rejected by CTS: {err.message}") from err
+        sub = claims["sub"]
+        key = key_name(self.config, sub)
+        path = f"auth/{self.config.auth_mount}/{'cel/login' if self.config.login == 'cel' else 'login'}"
+        try:
+            doc = self.http.call("POST", path, body={"role": self.config.role, "jwt": idp_jwt})
+        except BaoUnavailable as err:
+            raise CtsUnavailableError(f"CTS unavailable: {err}") from err
+        except BaoError as err:
+            raise CtsTokenError(f"The JWT was rejected by OpenBao ({err.status})") from err
+        auth = doc.get("auth") or {}
+        token, ttl = auth.get("client_token"), auth.get("lease_duration")
+        if not isinstance(token, str) or not token or not isinstance(ttl, int) or ttl < MIN_TOKEN_SECONDS:
+            raise CtsTokenError("OpenBao returned no usable token (check the role's TTL settings)")
+        # never trust a lifetime beyond the identity token's own expiry
+        expiry = min(int(now) + ttl, int(claims["exp"]) if isinstance(claims.get("exp"), int | float) else int(now) + ttl)
+        return CtsToken(encode_token(token, key, sub), expiry)
+
+    def revoke(self, cts_token: CtsToken) -> None:
+        """Revoke a service token on sign-out (batch tokens cannot be revoked; ignored)."""
+        bao, _, _ = decode_token(cts_token.access_token)
+        try:
+            self.http.call("POST", "auth/token/revoke-self", token=bao)
+        except (BaoError, BaoUnavailable):
+            pass
+
+
+class OpenBaoKeyService:
+    """Releases keys through OpenBao transit with the user's own token (see module doc)."""
+
+    def __init__(self, config: OpenBaoConfig, workspace_crn: str, *, http: OpenBaoHTTP | None = None) -> None:
+        self.config = config
+        self.workspace_crn = workspace_crn
+        self.http = http or OpenBaoHTTP(config)
+        self._lock = threading.Lock()
+        self._deks: OrderedDict[tuple[bytes, str], tuple[bytes, float]] = OrderedDict()
+        self._dek_cache_size = 10000
+        self.release_calls = 0
+        self.transit_calls = 0
+        self.last_subject: str | None = None
+
+    def release(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest],
+                now: float | None = None) -> list[ColumnKey | LockkitError]:
+        decrypting = any(r.purpose == "decrypt" for r in requests)
+        err_cls: type[LockkitError] = DecryptionError if decrypting else EncryptionError
+        if lock is None or any(not r.locked for r in requests):
+            raise err_cls("the OpenBao key service encrypts under each user's own key: use a lock context")
+        if lock.claim_names != ("sub",):
+            raise LockContextError("the OpenBao key service locks to ('sub',) only; enforce scopes with OpenBao roles")
+        now = time.time() if now is None else now
+        if lock.token.is_expired(now):
+            raise LockContextError(EXPIRED_MESSAGE)
+        bao, key, sub = decode_token(lock.token.access_token)
+        with self._lock:
+            self.release_calls += 1
+            self.last_subject = sub
+        token_id = hashlib.sha256(bao.encode()).digest()
+        out: list[ColumnKey | LockkitError | None] = [None] * len(requests)
+        try:
+            enc = [i for i, r in enumerate(requests) if r.purpose == "encrypt"]
+            if enc:
+                dek, wrapped = self._datakey(bao, key)
+                for i in enc:
+                    out[i] = self._column_key(wrapped, dek, keyset, requests[i], key)
+            dec = [i for i, r in enumerate(requests) if r.purpose == "decrypt"]
+            if dec:
+                deks = self._unwrap(bao, key, token_id, {requests[i].key_id or "" for i in dec}, lock.token.expiry, now)
+                for i in dec:
+                    wrapped = requests[i].key_id or ""
+                    got = deks.get(wrapped)
+                    if got is None:
+                        out[i] = DecryptionError("the payload's data key could not be unwrapped")
+                    elif isinstance(got, LockkitError):
+                        out[i] = got
+                    else:
+                        out[i] = self._column_key(wrapped, got, keyset, requests[i], key)
+            idx = [i for i, r in enumerate(requests) if r.purpose == "index"]
+            if idx:
+                materials = self._index_keys(bao, key, keyset, [requests[i] for i in idx])
+                for i, m in zip(idx, materials):
+                    out[i] = ColumnKey("index", m)
+        except BaoUnavailable as err:
+            raise err_cls(f"the key service is unavailable: {err}") from err
+        except BaoError as err:
+            if err.status == 403:
+                raise LockContextError(
+                    "OpenBao refused this identity's token for the key (expired, revoked, or another "
+                    "user's key): call identify again"
+                ) from err
+            raise err_cls(f"OpenBao refused the request ({err.status}: {'; '.join(err.errors)[:200]})") from err
+        return [o if o is not None else err_cls("no key released") for o in out]
+
+    # -- transit calls ---------------------------------------------------------------------
+    def _transit(self, op: str, key: str) -> str:
+        return f"{self.config.transit_mount}/{op}/{key}"
+
+    def _upserting(self, bao: str, key: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A transit call on the user's key; on a user's first use (``datakey`` and ``hmac``
+        do not create keys: 400 "not found") the user's own token upserts the key with one
+        1-byte encrypt (the policy grants ``create`` on encrypt) and the call is retried."""
+        self.transit_calls += 1
+        try:
+            return self.http.call("POST", self._transit(op, key), token=bao, body=body)
+        except BaoError as err:
+            if err.status != 400 or not any("not found" in e for e in err.errors):
+                raise
+        self.transit_calls += 2
+        self.http.call("POST", self._transit("encrypt", key), token=bao,
+                       body={"plaintext": base64.b64encode(b"\0").decode()})
+        return self.http.call("POST", self._transit(op, key), token=bao, body=body)
+
+    def _datakey(self, bao: str, key: str) -> tuple[bytes, str]:
+        doc = self._upserting(bao, key, "datakey/plaintext", {"bits": 256})
+        data = doc.get("data") or {}
+        try:
+            dek = base64.b64decode(data["plaintext"], validate=True)
+            wrapped = data["ciphertext"]
+        except (KeyError, TypeError, ValueError, binascii.Error) as err:
+            raise BaoError(502, ["malformed datakey response"]) from err
+        if len(dek) != 32 or not isinstance(wrapped, str):
+            raise BaoError(502, ["malformed datakey response"])
+        return dek, wrapped
+
+    def _unwrap(self, bao: str, key: str, token_id: bytes, wrapped: set[str], token_expiry: int,
+                now: float) -> dict[str, bytes | LockkitError]:
+        out: dict[str, bytes | LockkitError] = {}
+        todo: list[str] = []
+        with self._lock:
+            for w in wrapped:
+                hit = self._deks.get((token_id, w))
+                if hit is not None and hit[1] > now:
+                    out[w] = hit[0]
+                else:
+                    todo.append(w)
+        for w in list(todo):
+            if not w.startswith("vault:v"):
+                out[w] = DecryptionError("this payload was not encrypted by the OpenBao key service")
+                todo.remove(w)
+        size = self.config.max_batch
+        expires = min(now + self.config.dek_cache_ttl, token_expiry)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            self.transit_calls += 1
+            try:
+                doc = self.http.call("POST", self._transit("decrypt", key), token=bao,
+                                     body={"batch_input": [{"ciphertext": w} for w in chunk]})
+            except BaoError as err:
+                if err.status == 400 and len(chunk) == 1:
+                    out[chunk[0]] = DecryptionError("the payload's data key does not open with this identity's key")
+                    continue
+                if err.status == 400:  # a bad item fails the whole call: retry one by one
+                    for w in chunk:
+                        out.update(self._unwrap(bao, key, token_id, {w}, token_expiry, now))
+                    continue
+                raise
+            results = (doc.get("data") or {}).get("batch_results") or []
+            for w, r in zip(chunk, results):
+                try:
+                    if r.get("error"):
+                        raise ValueError(r["error"])
+                    dek = base64.b64decode(r["plaintext"], validate=True)
+                    if len(dek) != 32:
+                        raise ValueError("bad length")
+                except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+                    out[w] = DecryptionError("the payload's data key does not open with this identity's key")
+                    continue
+                out[w] = dek
+                with self._lock:
+                    self._deks[(token_id, w)] = (dek, expires)
+                    while len(self._deks) > self._dek_cache_size:
+                        self._deks.popitem(last=False)
+        return out
+
+    def _index_keys(self, bao: str, key: str, keyset: str, reqs: list[KeyRequest]) -> list[bytes]:
+        labels = [canonical(["index", self.workspace_crn, keyset, r.table, r.column]) for r in reqs]
+        doc = self._upserting(bao, key, "hmac", {
+            "key_version": 1,
+            "batch_input": [{"input": base64.b64encode(label).decode()} for label in labels],
+        })
+        results = (doc.get("data") or {}).get("batch_results") or []
+        if len(results) != len(labels):
+            raise BaoError(502, ["malformed hmac response"])
+        out = []
+        for label, r in zip(labels, results):
+            mac = r.get("hmac") if isinstance(r, dict) else None
+            if not isinstance(mac, str) or not mac.startswith("vault:v1:"):
+                raise BaoError(502, ["malformed hmac response"])
+            secret = base64.b64decode(mac.split(":", 2)[2])
+            out.append(HKDF(hashes.SHA256(), 64, b"lockkit/openbao/index", label).derive(secret))
+        return out
+
+    def _column_key(self, wrapped: str, dek: bytes, keyset: str, req: KeyRequest, key: str) -> ColumnKey:
+        label = canonical(["data", self.workspace_crn, keyset, req.table, req.column, key])
+        return ColumnKey(wrapped, HKDF(hashes.SHA256(), 64, b"lockkit/openbao/data", label).derive(dek))
+
+    def forget(self, cts_token: CtsToken) -> None:
+        """Drop cached data keys of a token (sign-out, identity switch)."""
+        bao, _, _ = decode_token(cts_token.access_token)
+        tid = hashlib.sha256(bao.encode()).digest()
+        with self._lock:
+            for k in [k for k in self._deks if k[0] == tid]:
+                del self._deks[k]
+
+    def __repr__(self) -> str:
+        return f"OpenBaoKeyService(addr={self.config.addr!r})"
