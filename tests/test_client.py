@@ -33,6 +33,11 @@ from lockkit.testing import LocalIssuer
 Identify = Callable[..., LockContext]
 PAYLOAD_KEYS = {"v", "k", "i", "ks", "kid", "c"}
 
+# The client engine is the same code on every backend; these tests exercise it on the local
+# backend (they use unlocked values, keysets, rotation). The isolation and tamper suites run on
+# every backend.
+pytestmark = pytest.mark.backends("local")
+
 
 def _sealed(op: Operation[dict[str, Any] | None]) -> dict[str, Any]:
     """The payload of an encrypt operation that must produce one."""

@@ -191,6 +191,7 @@ def test_equality_term_differs_per_identity_for_the_same_value(
 # -- no lock context ---------------------------------------------------------------------------
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no unlocked values; see test_openbao.py
 def test_locked_values_need_a_lock_context(
     client: Encryption, users: EncryptedTable, alice_data: dict[str, Any], key_service: LocalKeyService
 ) -> None:
@@ -203,6 +204,7 @@ def test_locked_values_need_a_lock_context(
     released.assert_none()
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no unlocked values; see test_openbao.py
 def test_unlocked_terms_match_none_of_alices_payloads(
     client: Encryption, users: EncryptedTable, alice_data: dict[str, Any]
 ) -> None:
@@ -231,6 +233,7 @@ def _encrypt_ops(client: Encryption, users: EncryptedTable) -> dict[str, Any]:
     }
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no claims other than sub; see test_openbao.py
 def test_absent_claim_fails_every_encrypt_before_any_key_is_released(
     client: Encryption, users: EncryptedTable, department: LockContext, key_service: LocalKeyService
 ) -> None:
@@ -244,6 +247,7 @@ def test_absent_claim_fails_every_encrypt_before_any_key_is_released(
         assert name
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no claims other than sub; see test_openbao.py
 def test_absent_claim_fails_decrypt_before_any_key_is_released(
     client: Encryption,
     users: EncryptedTable,
@@ -306,6 +310,7 @@ def _assert_expired(res: Any) -> None:
     _assert_every_item_failed(res, "LockContextError", "Call identify again")
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no minting CTS tokens in the past; see test_openbao.py
 def test_expired_cts_token_fails_every_operation_before_any_key_is_released(
     client: Encryption,
     users: EncryptedTable,
@@ -320,6 +325,7 @@ def test_expired_cts_token_fails_every_operation_before_any_key_is_released(
         released.assert_none()
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no minting CTS tokens in the past; see test_openbao.py
 def test_key_service_checks_expiry_itself(
     client: Encryption,
     users: EncryptedTable,
@@ -355,6 +361,7 @@ def test_expired_message_is_the_reference_message(expired_token: CtsToken) -> No
         (("org_id",), ("sub",)),
     ],
 )
+@pytest.mark.backends("local")  # OpenBao mode has no claims other than sub; see test_openbao.py
 def test_claim_names_must_match_the_payload(
     client: Encryption,
     users: EncryptedTable,
@@ -398,6 +405,7 @@ def _two_issuer_cts(key_service: LocalKeyService, keyring: Keyring, *issuers: Lo
     )
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no several issuers (one OpenBao auth mount trusts one issuer); see test_openbao.py
 def test_same_sub_from_another_issuer_is_another_identity(
     client: Encryption,
     users: EncryptedTable,
@@ -425,6 +433,7 @@ def test_same_sub_from_another_issuer_is_another_identity(
     assert not matches(t_other.unwrap(), mine)
 
 
+@pytest.mark.backends("local")  # OpenBao mode has no identity namespaces; see test_openbao.py
 def test_an_explicit_shared_namespace_is_one_identity(
     client: Encryption,
     users: EncryptedTable,

@@ -225,14 +225,17 @@ class OpenBaoKeyService:
         self._dek_cache_size = 10000
         self.release_calls = 0
         self.transit_calls = 0
+        #: column keys handed out (observability, tests)
+        self.derivations = 0
         self.last_subject: str | None = None
 
     def release(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest],
                 now: float | None = None) -> list[ColumnKey | LockkitError]:
         decrypting = any(r.purpose == "decrypt" for r in requests)
         err_cls: type[LockkitError] = DecryptionError if decrypting else EncryptionError
-        if lock is None or any(not r.locked for r in requests):
-            raise err_cls("the OpenBao key service encrypts under each user's own key: use a lock context")
+        unlocked_msg = "the OpenBao key service encrypts under each user's own key: use a lock context"
+        if lock is None:
+            raise err_cls(unlocked_msg)
         if lock.claim_names != ("sub",):
             raise LockContextError("the OpenBao key service locks to ('sub',) only; enforce scopes with OpenBao roles")
         now = time.time() if now is None else now
@@ -243,14 +246,17 @@ class OpenBaoKeyService:
             self.release_calls += 1
             self.last_subject = sub
         token_id = hashlib.sha256(bao.encode()).digest()
-        out: list[ColumnKey | LockkitError | None] = [None] * len(requests)
+        out: list[ColumnKey | LockkitError | None] = [
+            None if r.locked else err_cls(unlocked_msg) for r in requests  # per item: one bad item never sinks a batch
+        ]
+        live = [r.locked for r in requests]
         try:
-            enc = [i for i, r in enumerate(requests) if r.purpose == "encrypt"]
+            enc = [i for i, r in enumerate(requests) if r.purpose == "encrypt" and live[i]]
             if enc:
                 dek, wrapped = self._datakey(bao, key)
                 for i in enc:
                     out[i] = self._column_key(wrapped, dek, keyset, requests[i], key)
-            dec = [i for i, r in enumerate(requests) if r.purpose == "decrypt"]
+            dec = [i for i, r in enumerate(requests) if r.purpose == "decrypt" and live[i]]
             if dec:
                 deks = self._unwrap(bao, key, token_id, {requests[i].key_id or "" for i in dec}, lock.token.expiry, now)
                 for i in dec:
@@ -262,7 +268,7 @@ class OpenBaoKeyService:
                         out[i] = got
                     else:
                         out[i] = self._column_key(wrapped, got, keyset, requests[i], key)
-            idx = [i for i, r in enumerate(requests) if r.purpose == "index"]
+            idx = [i for i, r in enumerate(requests) if r.purpose == "index" and live[i]]
             if idx:
                 materials = self._index_keys(bao, key, keyset, [requests[i] for i in idx])
                 for i, m in zip(idx, materials):
@@ -334,7 +340,7 @@ class OpenBaoKeyService:
                                      body={"batch_input": [{"ciphertext": w} for w in chunk]})
             except BaoError as err:
                 if err.status == 400 and len(chunk) == 1:
-                    out[chunk[0]] = DecryptionError("the payload's data key does not open with this identity's key")
+                    out[chunk[0]] = DecryptionError("this value is locked to another identity (its data key does not open with this identity's OpenBao key)")
                     continue
                 if err.status == 400:  # a bad item fails the whole call: retry one by one
                     for w in chunk:
@@ -350,7 +356,7 @@ class OpenBaoKeyService:
                     if len(dek) != 32:
                         raise ValueError("bad length")
                 except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-                    out[w] = DecryptionError("the payload's data key does not open with this identity's key")
+                    out[w] = DecryptionError("this value is locked to another identity (its data key does not open with this identity's OpenBao key)")
                     continue
                 out[w] = dek
                 with self._lock:
@@ -378,6 +384,7 @@ class OpenBaoKeyService:
         return out
 
     def _column_key(self, wrapped: str, dek: bytes, keyset: str, req: KeyRequest, key: str) -> ColumnKey:
+        self.derivations += 1
         label = canonical(["data", self.workspace_crn, keyset, req.table, req.column, key])
         return ColumnKey(wrapped, HKDF(hashes.SHA256(), 64, b"lockkit/openbao/data", label).derive(dek))
 
