@@ -65,7 +65,23 @@ _REASON_MESSAGES: Final = {
 
 
 class _Request(Request):
-    max_content_length = MAX_REQUEST_BYTES
+    # one byte over the limit, so that reading MAX + 1 bytes tells "too large" apart from
+    # "exactly at the limit" for bodies without Content-Length (chunked)
+    max_content_length = MAX_REQUEST_BYTES + 1
+
+
+def _read_body(request: Request) -> bytes | None:
+    """The request body, or ``None`` when it is over :data:`MAX_REQUEST_BYTES`."""
+    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+        return None
+    stream = request.stream
+    body = bytearray()
+    while len(body) <= MAX_REQUEST_BYTES:
+        chunk = stream.read(MAX_REQUEST_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return None if len(body) > MAX_REQUEST_BYTES else bytes(body)
 
 
 class _BadRequest(Exception):
@@ -165,14 +181,14 @@ class CtsApp:
 
     # -- handlers ------------------------------------------------------------------------
     def _authorize(self, request: _Request) -> Response:
-        if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-            return self._too_large()
         try:
-            raw = request.get_data(cache=False)
+            raw = _read_body(request)
         except RequestEntityTooLarge:
-            return self._too_large()
+            raw = None
         except ClientDisconnected:
             return _json(400, {"error": "invalid_request", "message": "the request body was cut short"})
+        if raw is None:
+            return self._too_large()
         try:
             workspace, oidc_token = _parse_authorize_body(raw)
         except _BadRequest as err:
