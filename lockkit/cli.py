@@ -101,6 +101,11 @@ def keys_rotate() -> None:
     click.echo(f"rotated: version {v} is now primary; restart running apps to pick it up")
 
 
+from .cts.cli import cts as _cts_commands  # noqa: E402  (`lockkit cts serve`)
+
+cli.add_command(_cts_commands)
+
+
 @cli.group(help="OpenBao as the key service.")
 def openbao() -> None:
     pass

@@ -88,6 +88,8 @@ class Settings:
     cts_claims: tuple[str, ...] = ()
     issuers: tuple[IssuerConfig, ...] = ()
     config_path: Path | None = None
+    #: a remote token service (``POST {endpoint}/api/authorize``); None = embedded
+    cts_endpoint: str | None = None
     #: "local" (the keyring) or "openbao"
     key_backend: str = "local"
     openbao: OpenBaoConfig | None = None
@@ -96,6 +98,11 @@ class Settings:
         parse_crn(self.workspace_crn)
         if self.key_backend not in ("local", "openbao"):
             raise ConfigurationError(f"unknown key backend {self.key_backend!r}: set LOCKKIT_KEY_BACKEND to local or openbao")
+        if self.key_backend == "openbao" and self.cts_endpoint:
+            raise ConfigurationError(
+                "LOCKKIT_CTS_ENDPOINT and the openbao key backend exclude each other: with OpenBao, "
+                "OpenBao's JWT login is the token service"
+            )
         if self.key_backend == "openbao" and self.openbao is None:
             raise ConfigurationError("the openbao key backend needs LOCKKIT_OPENBAO_ADDR (or [openbao] addr)")
         check_name("keyset", self.keyset)
@@ -219,7 +226,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 _TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers", "key_backend", "openbao"}
-_CTS_KEYS = {"lifetime", "claims"}
+_CTS_KEYS = {"lifetime", "claims", "endpoint"}
 
 
 def _overrides(values: Mapping[str, Any]) -> dict[str, str]:
@@ -310,6 +317,9 @@ def load_settings(
 
     keyset = _env_get(env, "LOCKKIT_KEYSET") or data.get("keyset") or DEFAULT_KEYSET
     backend = _env_get(env, "LOCKKIT_KEY_BACKEND") or data.get("key_backend") or "local"
+    endpoint = _env_get(env, "LOCKKIT_CTS_ENDPOINT") or cts.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise ConfigurationError("[cts] endpoint must be a URL string")
     openbao = _openbao(data.get("openbao", {}), env) if backend == "openbao" else None
     return Settings(
         workspace_crn=crn.strip(),
@@ -320,6 +330,7 @@ def load_settings(
         cts_claims=claims,
         issuers=tuple(issuers),
         config_path=cfg_path,
+        cts_endpoint=endpoint,
         key_backend=backend,
         openbao=openbao,
     )

@@ -34,6 +34,15 @@ def build_services(
     from .keys.local import LocalKeyService
 
     keyring = load_keyring(settings.keyring_path, settings.keyring_json)
+    if settings.cts_endpoint:
+        # a token service elsewhere: it verifies identity JWTs itself; this process's key
+        # service trusts its tokens through its published JWKS
+        from .cts.remote import RemoteCtsVerifier, RemoteTokenService
+
+        return (
+            RemoteTokenService(settings.cts_endpoint, settings.workspace_crn),
+            LocalKeyService(keyring, RemoteCtsVerifier.for_endpoint(settings.cts_endpoint, settings.workspace_crn)),
+        )
     token_service = EmbeddedTokenService(
         workspace_crn=settings.workspace_crn,
         keyring=keyring,

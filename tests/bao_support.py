@@ -72,7 +72,8 @@ def start_dev(tmp: Path) -> tuple[BaoDev, subprocess.Popen[bytes]]:
 
 
 class BaoFileServer:
-    """A single node on file storage: init once, unseal after every (re)start."""
+    """A single node on disk (Integrated Storage / Raft, the storage OpenBao 2 ships; the
+    plain file backend was removed): init once, unseal after every (re)start."""
 
     def __init__(self, tmp: Path) -> None:
         binary = bao_binary()
@@ -81,14 +82,16 @@ class BaoFileServer:
         self.binary = binary
         self.dir = tmp
         self.port = free_port()
+        cluster_port = free_port()
         self.addr = f"http://127.0.0.1:{self.port}"
         (tmp / "data").mkdir(exist_ok=True)
         self.config = tmp / "bao.hcl"
         self.config.write_text(
-            f'storage "file" {{ path = "{tmp / "data"}" }}\n'
-            f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n  tls_disable = true\n'
+            f'storage "raft" {{\n  path = "{tmp / "data"}"\n  node_id = "n1"\n}}\n'
+            f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n'
             f'  max_request_json_strings = 20000\n}}\n'
-            f'api_addr = "{self.addr}"\ndisable_mlock = true\n'
+            f'api_addr = "{self.addr}"\ncluster_addr = "https://127.0.0.1:{cluster_port}"\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.unseal_key: str | None = None

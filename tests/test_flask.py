@@ -213,7 +213,7 @@ def test_sign_out_removes_the_cts_token(
 def test_refresh_window_re_exchanges_only_when_expiry_minus_window_has_passed() -> None:
     """Lifetime 120 s, window 100 s. A CTS token minted now is kept for 20 s; one minted 40 s
     ago (a back-dated but real token service) is past ``exp - window`` and is replaced on
-    every request. No clock is patched: see the xfail test below for a clock-driven one."""
+    every request. No clock is patched: see the clock-driven test below."""
     app = make_app(LOCKKIT_CTS_LIFETIME=120, LOCKKIT_REFRESH_WINDOW=100)
     client = app.test_client()
     token = _mint(app, "alice")
@@ -244,16 +244,12 @@ class _Clock:
         return self.now
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs clock injection: _authenticate reads time.time(); proposed LockKitState.clock",
-)
 def test_refresh_window_follows_the_injected_clock() -> None:
     app = make_app(LOCKKIT_CTS_LIFETIME=120, LOCKKIT_REFRESH_WINDOW=100)
     client = app.test_client()
     token = _mint(app, "alice")
     clock = _Clock(time.time())
-    setattr(get_state(app), "clock", clock)  # the proposed attribute (not in the library yet)
+    get_state(app).clock = clock
 
     assert client.get("/api/me", headers=bearer(token)).status_code == 200
     assert exchanges(app) == 1
@@ -282,7 +278,7 @@ def test_the_same_sub_from_another_provider_is_another_identity(idp: LocalIssuer
 
 
 def test_lock_claims_of_the_first_exchange_bind_the_lock_context() -> None:
-    """Baseline for the xfail tests below: with a lock on ``org_id``, members of one org
+    """Baseline for the tests below: with a lock on ``org_id``, members of one org
     share values and other orgs' members cannot open them."""
     app = make_app(LOCKKIT_CTS_CLAIMS=["org_id"], LOCKKIT_IDENTITY_CLAIM=["org_id"])
     payload = _write(app.test_client(), _mint(app, "alice", org_id="org_a"), "org A's plan")
@@ -290,10 +286,6 @@ def test_lock_claims_of_the_first_exchange_bind_the_lock_context() -> None:
     assert _read(app.test_client(), _mint(app, "bob", org_id="org_b"), payload) == (403, {"error": "DecryptionError"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the session's CTS token is reused when the same sub's lock claims (org_id) change",
-)
 def test_switching_org_re_exchanges_so_values_lock_to_the_new_org() -> None:
     app = make_app(LOCKKIT_CTS_CLAIMS=["org_id"], LOCKKIT_IDENTITY_CLAIM=["org_id"])
     client = app.test_client()
@@ -306,10 +298,6 @@ def test_switching_org_re_exchanges_so_values_lock_to_the_new_org() -> None:
     assert _read(app.test_client(), _mint(app, "bob", org_id="org_b"), payload) == (200, {"body": "org B's plan"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the session's CTS token is reused when the same sub's scopes change",
-)
 def test_changed_scopes_re_exchange_for_a_scopes_lock() -> None:
     app = make_app(LOCKKIT_IDENTITY_CLAIM=["sub", "scopes"])
     client = app.test_client()
@@ -507,7 +495,6 @@ def test_api_refusals_are_401_json_with_a_coarse_reason(
     assert cookie_value(client) is None  # nothing stored for a refused identity
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: RFC 6750 §3.1: no error code without credentials, not error="unauthorized"')
 def test_missing_credential_challenge_has_no_error_code(client: FlaskClient) -> None:
     resp = client.get("/api/me")
     assert resp.headers["WWW-Authenticate"] == "Bearer"
@@ -612,7 +599,6 @@ def test_unauthorized_handler_registered_in_an_app_context() -> None:
     assert (resp.status_code, resp.get_data(as_text=True)) == (418, "custom missing")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: unauthorized_handler after init_app outside an app context is ignored")
 def test_unauthorized_handler_registered_after_init_app() -> None:
     """The Flask-Login idiom: ``lockkit = LockKit(app)`` then ``@lockkit.unauthorized_handler``
     at module level (no app context)."""

@@ -153,10 +153,6 @@ def test_servers_with_another_secret_key_cannot_use_the_stored_token(shared_conf
     assert exchanges(stranger) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dev sign-in keeps the pre-login server-side session id (session fixation)",
-)
 def test_dev_sign_in_issues_a_new_session_id(shared_config: dict[str, Any]) -> None:
     app = _server(shared_config)
     browser = app.test_client()

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from ..config import Settings, load_settings
+from ..errors import ConfigurationError
 from ..identity import TokenService
 from ..keys.keyring import load_keyring
 from ..oidc import OIDCVerifier
@@ -25,10 +26,16 @@ _defaults_lock = threading.Lock()
 
 
 def build_token_service(settings: Settings) -> EmbeddedTokenService:
-    """The embedded token service described by ``settings``.
+    """The embedded token service described by ``settings`` (what ``lockkit cts serve``
+    runs).
 
-    :raises ConfigurationError: missing or bad keyring or issuer configuration.
+    :raises ConfigurationError: missing or bad keyring or issuer configuration, or settings
+        that do not describe an embedded token service (OpenBao mode, a remote CTS).
     """
+    if settings.key_backend == "openbao":
+        raise ConfigurationError("in OpenBao mode OpenBao's JWT login is the token service; there is no CTS to serve")
+    if settings.cts_endpoint:
+        raise ConfigurationError("LOCKKIT_CTS_ENDPOINT points at a remote token service; unset it to serve one here")
     keyring = load_keyring(settings.keyring_path, settings.keyring_json)
     return EmbeddedTokenService(
         workspace_crn=settings.workspace_crn,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +19,7 @@ from werkzeug.wrappers import Response
 from ..client import Encryption
 from ..config import Settings, load_settings
 from ..cts import CtsUnavailableError
+from ..cts.embedded import normalise_scopes
 from ..errors import ClientInitError, CtsTokenError, IdentityError, ProviderUnavailableError
 from ..identity import CtsToken, TokenService
 from ..keys import KeyService
@@ -60,6 +64,10 @@ class LockKitState:
     identity_claim: tuple[str, ...]
     login_view: str | None
     unauthorized: Callable[[str, int], Any] | None = None
+    #: the extension bound here (its unauthorized handler may be set after init_app)
+    extension: LockKit | None = None
+    #: the clock the middleware reads; tests inject one instead of patching time
+    clock: Callable[[], float] = time.time
     clients: dict[tuple[str, ...], Encryption] = field(default_factory=dict)
 
     def encryption(self, schemas: Sequence[EncryptedTable], keyset: str | None = None) -> Encryption:
@@ -116,6 +124,7 @@ class LockKit:
             identity_claim=(claim,) if isinstance(claim, str) else tuple(claim),
             login_view=app.config["LOCKKIT_LOGIN_VIEW"],
             unauthorized=self._unauthorized,
+            extension=self,
         )
         app.extensions["lockkit"] = state
         app.before_request(_authenticate)
@@ -192,6 +201,7 @@ def _authenticate() -> None:
     token in step with it. Decisions come only from verified tokens."""
     state = get_state()
     ns = _request_state()
+    now = state.clock()
     claims: Claims | None = None
     provider: IdentityProvider | None = None
     token: str | None = None
@@ -202,7 +212,7 @@ def _authenticate() -> None:
             continue
         found_credential = True
         try:
-            claims = p.verify(candidate)
+            claims = p.verify(candidate, now=now)
         except ProviderUnavailableError as err:
             ns.unavailable, ns.reason = True, "unavailable"
             log.warning("identity provider %s unavailable: %s", p.name, err.detail)
@@ -225,13 +235,15 @@ def _authenticate() -> None:
         return
     ns.provider, ns.claims = provider, claims
     stored = state.sealer.unseal(SESSION_PURPOSE, session.get(state.session_key))
-    now = time.time()
+    binding = _claims_binding(claims, state.settings.cts_claims)
     if (
         isinstance(stored, dict)
         and stored.get("sub") == claims["sub"]
         and stored.get("ns") == provider.namespace
         and isinstance(stored.get("exp"), int)
         and stored["exp"] - state.refresh_window > now
+        and isinstance(stored.get("b"), str)
+        and hmac.compare_digest(stored["b"], binding)
     ):
         ns.cts = CtsToken(stored["tok"], stored["exp"])
         return
@@ -246,10 +258,17 @@ def _authenticate() -> None:
         log.error("token service refused a verified identity (configuration?): %s", err.message)
         return
     session[state.session_key] = state.sealer.seal(
-        SESSION_PURPOSE, {"tok": cts.access_token, "exp": cts.expiry, "sub": claims["sub"], "ns": provider.namespace}
+        SESSION_PURPOSE, {"tok": cts.access_token, "exp": cts.expiry, "sub": claims["sub"], "ns": provider.namespace, "b": binding}
     )
     ns.cts = cts
     signals.cts_token_exchanged.send(current_app._get_current_object(), subject=claims["sub"], provider=provider.name)  # type: ignore[attr-defined]
+
+
+def _claims_binding(claims: Claims, extra: Sequence[str]) -> str:
+    """A digest of the claim values a CTS token carries besides ``sub``: its scopes and the
+    ``[cts] claims``. A stored token whose digest differs was minted for other claims."""
+    bound = {"scopes": normalise_scopes(claims), "ctx": {name: claims.get(name) for name in extra}}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def refused_response(reason: str, status: int) -> Any:
@@ -258,8 +277,9 @@ def refused_response(reason: str, status: int) -> Any:
     from flask import jsonify, redirect, url_for
 
     state = get_state()
-    if state.unauthorized is not None:
-        return state.unauthorized(reason, status)
+    handler = state.unauthorized or (state.extension._unauthorized if state.extension else None)
+    if handler is not None:
+        return handler(reason, status)
     wants_json = request.path.startswith(state.api_prefixes) or (
         request.accept_mimetypes.best == "application/json"
     ) or "Authorization" in request.headers
@@ -268,7 +288,7 @@ def refused_response(reason: str, status: int) -> Any:
             resp = jsonify(error=reason)
             resp.status_code = status
             if status == 401:
-                resp.headers["WWW-Authenticate"] = f'Bearer error="{"invalid_token" if reason != "missing" else "unauthorized"}"'
+                resp.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if reason != "missing" else "Bearer"
             return resp
         return Response(_html_page(reason, status), status=status, mimetype="text/html")
     nxt = request.full_path if request.query_string else request.path

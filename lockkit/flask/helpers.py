@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 from flask import current_app, request
 from werkzeug.local import LocalProxy
@@ -39,7 +39,7 @@ def get_cts_token() -> CtsTokenResult:
         if ns.unavailable:
             return CtsTokenResult(False, error="the token service or identity provider is unavailable")
         return CtsTokenResult(False, error=f"no verified identity for this request ({ns.reason})")
-    if token.is_expired():
+    if token.is_expired(get_state().clock()):
         return CtsTokenResult(False, error="the CTS token has expired")
     return CtsTokenResult(True, cts_token=token)
 
@@ -69,7 +69,13 @@ def current_claims() -> dict[str, Any] | None:
     return cast("dict[str, Any] | None", _request_state().claims)
 
 
-def lock_context_required(fn: F | None = None, *, scopes: Iterable[str] = ()) -> Any:
+@overload
+def lock_context_required(fn: F) -> F: ...
+@overload
+def lock_context_required(*, scopes: Iterable[str] = ()) -> Callable[[F], F]: ...
+
+
+def lock_context_required(fn: F | None = None, *, scopes: Iterable[str] = ()) -> F | Callable[[F], F]:
     """Protect a view: it runs only with a verified identity and a CTS token.
 
     HTML pages without one are redirected to sign-in (and back); API paths get 401 JSON with a

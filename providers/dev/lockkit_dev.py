@@ -149,8 +149,13 @@ def _blueprint() -> Blueprint:
         name = request.form.get("name", "").strip()
         if not name or len(name) > 64 or not all(c.isalnum() or c in "_.@-" for c in name):
             abort(400, "name: use 1-64 letters, digits or _.@-")
+        from flask import current_app
+
         from lockkit.flask import get_state
 
+        regenerate = getattr(current_app.session_interface, "regenerate", None)
+        if callable(regenerate):
+            regenerate(session)  # server-side sessions: a new id on sign-in (no fixation)
         session[SESSION_KEY] = get_state().sealer.seal("dev-id-token", _provider().mint(name))
         return redirect(_safe_next(request.form.get("next")))
 
