@@ -37,15 +37,26 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     for key in ("CLERK_PUBLISHABLE_KEY", "CLERK_SECRET_KEY", "CLERK_JWT_KEY", "CLERK_AUTHORIZED_PARTIES",
-                "DATABASE_URL"):
+                "DATABASE_URL", "REDIS_URL"):
         if os.environ.get(key):
             app.config[key] = os.environ[key]
     app.config.update(config or {})
-    app.config.setdefault("SECRET_KEY", _secret_key(Path(app.instance_path)))
+    if not app.config.get("SECRET_KEY"):  # Flask's default is None, so no setdefault
+        app.config["SECRET_KEY"] = _secret_key(Path(app.instance_path))
     app.config.setdefault("DATABASE_URL", f"sqlite:///{Path(app.instance_path) / 'notes.db'}")
     clerk = bool(app.config.get("CLERK_PUBLISHABLE_KEY") and (app.config.get("CLERK_SECRET_KEY") or app.config.get("CLERK_JWT_KEY")))
     app.config.setdefault("LOCKKIT_PROVIDERS", ["clerk"] if clerk else ["dev"])
     app.config["NOTES_SIGN_IN"] = "clerk" if "clerk" in app.config["LOCKKIT_PROVIDERS"] else "dev"
+
+    if app.config.get("REDIS_URL"):
+        # several app servers: sessions live in Redis (the cookie holds only a session id)
+        import redis
+        from flask_session import Session
+
+        app.config.setdefault("SESSION_TYPE", "redis")
+        app.config.setdefault("SESSION_REDIS", redis.Redis.from_url(app.config["REDIS_URL"]))
+        app.config.setdefault("SESSION_KEY_PREFIX", "notes:")
+        Session(app)
 
     csrf.init_app(app)
     lockkit.init_app(app)

@@ -15,8 +15,13 @@ from typing import Any
 from ..config import OpenBaoConfig
 from .openbao import BaoError, OpenBaoHTTP
 
-USER_POLICY = "lockkit-user-cel"
+USER_POLICY = "lockkit-user-cel"  # for the default mount, jwt-cel
 APP_POLICY = "lockkit-app"
+
+
+def user_policy_name(auth_mount: str) -> str:
+    """One user policy per auth mount: it is templated on that mount's accessor."""
+    return USER_POLICY if auth_mount == "jwt-cel" else f"lockkit-user-{auth_mount}"
 
 
 def user_policy(transit: str, accessor: str, prefix: str) -> str:
@@ -50,7 +55,8 @@ def app_policy(transit: str, prefix: str) -> str:
     )
 
 
-def cel_role(audiences: Sequence[str], bound_claims: Mapping[str, Any] | None, max_ttl: int, clock_skew: int) -> dict[str, Any]:
+def cel_role(audiences: Sequence[str], bound_claims: Mapping[str, Any] | None, max_ttl: int, clock_skew: int,
+             policy: str = USER_POLICY) -> dict[str, Any]:
     """The CEL role: alias name = lowercase hex of the UTF-8 ``sub`` (injective, case-safe,
     any characters), token TTL = time left on the JWT, capped at ``max_ttl`` seconds; a JWT
     with under 5 s left is refused (a TTL <= 0 would silently become the mount default)."""
@@ -66,7 +72,7 @@ def cel_role(audiences: Sequence[str], bound_claims: Mapping[str, Any] | None, m
             "expression": (
                 "!ok_sub ? 'sub must be a non-empty string of at most 255 characters' : "
                 "left_s < 5 ? 'identity token expires in less than 5 s' : "
-                "pb.Auth{display_name: 'lk-' + uid, policies: ['" + USER_POLICY + "'], no_default_policy: true, "
+                "pb.Auth{display_name: 'lk-' + uid, policies: ['" + policy + "'], no_default_policy: true, "
                 "lease_options: pb.LeaseOptions{issue_time: now, TTL: ttl_ns, MaxTTL: ttl_ns, renewable: false}, "
                 "alias: logical.Alias{name: uid}}"
             ),
@@ -120,13 +126,14 @@ def setup(
     call("POST", f"auth/{mount}/config", {"jwks_url": jwks_url, "bound_issuer": issuer})
     done.append(f"auth/{mount}/ trusts {issuer} (keys from {jwks_url})")
     accessor = auths[f"{mount}/"]["accessor"]
-    call("PUT", f"sys/policies/acl/{USER_POLICY}", {"policy": user_policy(transit, accessor, config.key_prefix)})
-    done.append(f"wrote policy {USER_POLICY} (each user: only {config.key_prefix}<hex(sub)>)")
+    policy = user_policy_name(mount)
+    call("PUT", f"sys/policies/acl/{policy}", {"policy": user_policy(transit, accessor, config.key_prefix)})
+    done.append(f"wrote policy {policy} (each user: only {config.key_prefix}<hex(sub)>)")
     call("PUT", f"sys/policies/acl/{APP_POLICY}", {"policy": app_policy(transit, config.key_prefix)})
     done.append(f"wrote policy {APP_POLICY} (the app: create keys, metadata, rewrap; no plaintext)")
     if config.login != "cel":
         raise ValueError("setup configures the CEL role; the plain role is for Vault compatibility, configure it by hand")
-    call("POST", f"auth/{mount}/cel/role/{config.role}", cel_role(audiences, bound_claims, max_ttl, clock_skew))
+    call("POST", f"auth/{mount}/cel/role/{config.role}", cel_role(audiences, bound_claims, max_ttl, clock_skew, policy))
     done.append(f"wrote CEL role {config.role} (alias = hex(sub), TTL <= JWT exp, <= {max_ttl}s)")
     return done
 
@@ -137,4 +144,4 @@ def describe(config: OpenBaoConfig) -> str:
                        "app_policy": app_policy(config.transit_mount, config.key_prefix)}, indent=2)
 
 
-__all__ = ["APP_POLICY", "USER_POLICY", "BaoError", "app_policy", "cel_role", "describe", "setup", "user_policy"]
+__all__ = ["APP_POLICY", "USER_POLICY", "user_policy_name", "BaoError", "app_policy", "cel_role", "describe", "setup", "user_policy"]
