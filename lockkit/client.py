@@ -369,7 +369,7 @@ class Encryption:
             hasher = TermHasher(index_key.material) if isinstance(index_key, ColumnKey) else None
             kid = data_key.key_id
             enc = data_key.aead().encrypt
-            aad = self._aad(tn, cn, kid, lc_names)
+            aad = self._aad(tn, cn, data_key.aad_id, lc_names)
             n = len(values)
             nonces = os.urandom(12 * n)
             checks = data_key.key_checks(nonces, n)
@@ -464,7 +464,7 @@ class Encryption:
                     out[i] = key
                 continue
             dec = key.aead().decrypt
-            aad = self._aad(tn, cn, kid, plc)
+            aad = self._aad(tn, cn, key.aad_id, plc)
             n = len(members)
             checks = key.key_checks(b"".join([raw[:12] for _, raw in members]), n)
             for j, (i, raw) in enumerate(members):

@@ -10,7 +10,9 @@ A payload is a JSON-serialisable dict::
 
 The AEAD is AES-256-GCM-SIV (RFC 8452) under the column key with a random 96-bit nonce; per
 RFC 8452 each nonce derives a fresh record-encryption key, so every value has its own key. The
-header (version, workspace, keyset, table, column, key id, lock claim names) is associated data:
+header (version, workspace, keyset, table, column, key id, lock claim names) is associated data
+(for OpenBao payloads the key-id slot holds the constant ``"openbao"``: the wrapped data key in
+``kid`` changes when OpenBao re-wraps it, and the data key is bound by derivation anyway):
 a payload moved to another column, table, keyset, workspace or identity does not open. The
 key check is the first 4 bytes of AES-256 (under a separate check key) of ``nonce | 0^32``; it
 tells "wrong key" (another identity) from "tampered" without linking values to each other.

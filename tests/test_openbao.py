@@ -284,3 +284,26 @@ def test_durability_across_a_restart_mid_run(backend: str, tmp_path: Path, idp: 
         assert [r.unwrap() for r in out] == [f"note {i}" for i in sorted(stored)]
     finally:
         server.stop()
+
+
+def test_rotation_and_rewrap_by_the_app_keep_payloads_readable(
+    backend: str, bao: Any, client: Encryption, idp: LocalIssuer
+) -> None:
+    """Key lifecycle in OpenBao mode: the app's service identity rotates a user's transit key
+    and re-wraps stored data keys to the newest version without ever seeing plaintext."""
+    alice = login(client, idp, "alice-rotates")
+    _, a_key, _ = parts(alice)
+    old = client.encrypt("before rotation", column="body", table=notes).with_lock_context(alice).unwrap()
+    app_token = bao_call(bao.addr, bao.root_token, "POST", "auth/token/create",
+                         {"policies": [APP_POLICY], "no_default_policy": True, "ttl": "5m"}).json()["auth"]["client_token"]
+    assert bao_call(bao.addr, app_token, "POST", f"transit/keys/{a_key}/rotate", {}).status_code in (200, 204)
+    new = client.encrypt("after rotation", column="body", table=notes).with_lock_context(alice).unwrap()
+    assert old["kid"].startswith("vault:v1:") and new["kid"].startswith("vault:v2:")
+    r = bao_call(bao.addr, app_token, "POST", f"transit/rewrap/{a_key}", {"ciphertext": old["kid"]})
+    assert r.status_code == 200
+    moved = dict(old, kid=r.json()["data"]["ciphertext"])
+    assert moved["kid"].startswith("vault:v2:")
+    fresh = Encryption([notes], key_service=OpenBaoKeyService(client.key_service.config, WORKSPACE),
+                       token_service=client.token_service)
+    got = fresh.bulk_decrypt([old, moved, new]).with_lock_context(alice).unwrap()
+    assert [g.unwrap() for g in got] == ["before rotation", "before rotation", "after rotation"]

@@ -56,11 +56,15 @@ class ColumnKey:
     The cipher objects are built once per key and reused (key services cache keys).
     """
 
-    __slots__ = ("key_id", "material", "_aead", "_check")
+    __slots__ = ("key_id", "material", "aad_id", "_aead", "_check")
 
-    def __init__(self, key_id: str, material: bytes) -> None:
+    def __init__(self, key_id: str, material: bytes, aad_id: str | None = None) -> None:
         self.key_id = key_id
         self.material = material
+        #: what the payload header's associated data names the key by (default: the key id).
+        #: OpenBao keys use a constant, so that re-wrapping a data key (a rekey that never sees
+        #: plaintext) leaves payloads decryptable; the data key is bound by derivation anyway.
+        self.aad_id = key_id if aad_id is None else aad_id
         self._aead: AESGCMSIV | None = None
         self._check: Cipher[modes.ECB] | None = None
 

@@ -386,7 +386,7 @@ class OpenBaoKeyService:
     def _column_key(self, wrapped: str, dek: bytes, keyset: str, req: KeyRequest, key: str) -> ColumnKey:
         self.derivations += 1
         label = canonical(["data", self.workspace_crn, keyset, req.table, req.column, key])
-        return ColumnKey(wrapped, HKDF(hashes.SHA256(), 64, b"lockkit/openbao/data", label).derive(dek))
+        return ColumnKey(wrapped, HKDF(hashes.SHA256(), 64, b"lockkit/openbao/data", label).derive(dek), aad_id="openbao")
 
     def forget(self, cts_token: CtsToken) -> None:
         """Drop cached data keys of a token (sign-out, identity switch)."""
