@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .oidc import Claims, TokenVerifier
@@ -115,6 +116,17 @@ class IdentityProvider:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} namespace={self.namespace!r}>"
+
+
+def safe_next(url: str | None) -> str:
+    """``url`` if it is a same-site relative path, else ``"/"``: never an open redirect
+    (rejects ``//host``, backslashes, schemes, hosts and control characters)."""
+    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
+        return "/"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        return "/"
+    parts = urlsplit(url)
+    return url if not parts.scheme and not parts.netloc else "/"
 
 
 def bearer_token(request: RequestLike) -> str | None:

@@ -204,11 +204,6 @@ def test_wordless_query_shows_the_flash_message(alice: User, alice_notes: dict[s
     assert SHORT_QUERY_MESSAGE in page
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (example app): a 1-2 letter text search does not show the 'three or more letters' "
-    "message; /search?q=ab answers 200 'Notes matching “ab”' with an empty list (fragments "
-    "shorter than the trigram never match, whole 2-letter words do). The flash fires only for "
-    "queries with no word characters."))
 @pytest.mark.parametrize("query", ["ab", "zu"])
 def test_one_or_two_letter_search_shows_the_flash_message(alice: User, alice_notes: dict[str, int],
                                                           query: str) -> None:
@@ -489,11 +484,6 @@ def test_postgres_tag_lookup_uses_the_index(pg_app: Flask, pg_database_url: str)
     assert user.titles("/search?tag=needle") == ["Indexed"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (example app): db.Database keeps one connection per thread and never closes it (no "
-    "teardown); on a threaded server (app.run's default) every request thread opens a new "
-    "PostgreSQL connection and abandons it open (psycopg: ResourceWarning 'was deleted while "
-    "still open')."))
 def test_postgres_request_threads_leave_no_open_connection(pg_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg
 

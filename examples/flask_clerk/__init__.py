@@ -66,6 +66,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db = Database(app.config["DATABASE_URL"])
     db.create_schema()
     app.extensions["notes_db"] = db
+    app.teardown_appcontext(lambda exc: db.close())  # one connection per request thread, closed after
+
+    @app.errorhandler(404)
+    def not_found(err: Exception) -> tuple[str, int]:
+        from flask import render_template
+
+        return render_template("404.html"), 404
 
     from .views import bp
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
@@ -45,7 +46,7 @@ def clerk_js_url(publishable_key: str) -> str:
         return ""
     if not host or "/" in host:
         return ""
-    return f"https://{host}/npm/@clerk/clerk-js@5/dist/clerk.browser.js"
+    return f"https://{host}/npm/@clerk/clerk-js@6/dist/clerk.browser.js"
 
 
 @bp.get("/")
@@ -147,6 +148,9 @@ def delete_note(note_id: int) -> Any:
 @lock_context_required
 def search() -> Any:
     tag, text = request.args.get("tag", "").strip(), request.args.get("q", "").strip()
+    if text and all(len(w) < 3 for w in text.split()):
+        flash("Search for a word of three or more letters.", "error")
+        return redirect(url_for("notes.index"))
     try:
         if tag:
             return _list_page(store().by_tag(tag), heading=f"Notes tagged “{tag}”", tag=tag)
@@ -161,7 +165,13 @@ def search() -> Any:
 @lock_context_required
 def database() -> Any:
     rows = store().raw()
-    return render_template("database.html", rows=[json.dumps(r, indent=1) for r in rows])
+    return render_template("database.html", rows=[_pretty(r) for r in rows])
+
+
+def _pretty(row: dict[str, Any]) -> str:
+    """Indented JSON, but each bloom filter (a long list of ints) on one line."""
+    text = json.dumps(row, indent=1)
+    return re.sub(r"\[\s*((?:\d+,\s*)*\d+)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 @bp.get("/api/notes")

@@ -92,10 +92,10 @@ class LocalKeyService:
         if req.purpose == "encrypt":
             version = self._keyring.primary
         else:
-            try:
-                version = int(req.key_id or "")
-            except ValueError:
-                return DecryptionError(f"payload key id {req.key_id!r} is not a local key version")
+            kid = req.key_id or ""
+            version = int(kid) if kid.isascii() and kid.isdigit() and len(kid) <= 9 else 0
+            if str(version) != kid or version < 1:  # canonical decimal only: no "01", " 1", "+1"
+                return DecryptionError(f"payload key id {kid[:40]!r} is not a local key version")
             if not self._keyring.has_version(version):
                 return DecryptionError(
                     f"key version {version} is not in this keyring (was it removed, or is this "

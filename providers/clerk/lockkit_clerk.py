@@ -48,7 +48,7 @@ from lockkit import (
     hookimpl,
 )
 from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier
-from lockkit.provider import IdentityProvider, RequestLike, bearer_token
+from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 __all__ = [
     "ClerkProvider",
@@ -297,7 +297,7 @@ class ClerkProvider(IdentityProvider):
         if not isinstance(clerk_js_version, str) or not _JS_VERSION.fullmatch(clerk_js_version):
             raise ConfigurationError("LOCKKIT_CLERK_JS_VERSION must look like 6, 6.1 or 6.1.2")
         if sign_in_url is not None and not (
-            (sign_in_url.startswith("/") and _safe_next(sign_in_url) == sign_in_url)
+            (sign_in_url.startswith("/") and safe_next(sign_in_url) == sign_in_url)
             or (sign_in_url.startswith("https://") and urlsplit(sign_in_url).hostname)
         ):
             raise ConfigurationError("CLERK_SIGN_IN_URL must be a path on this site or an https:// URL")
@@ -543,14 +543,6 @@ class ClerkProvider(IdentityProvider):
 # --------------------------------------------------------------------------- refresh page
 
 
-def _safe_next(url: str | None) -> str:
-    """Only same-site relative paths: never an open redirect."""
-    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
-        return "/"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        return "/"
-    parts = urlsplit(url)
-    return url if not parts.scheme and not parts.netloc else "/"
 
 
 _REFRESH_PAGE = """<!doctype html>
@@ -629,7 +621,7 @@ def _blueprint() -> Blueprint:
         provider: ClerkProvider = current_app.extensions["lockkit_clerk"]
         if provider.publishable_key is None:
             abort(404)
-        body = _refresh_page(provider, _safe_next(request.args.get("next")))
+        body = _refresh_page(provider, safe_next(request.args.get("next")))
         resp = Response(body, mimetype="text/html")
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["Referrer-Policy"] = "same-origin"

@@ -16,7 +16,6 @@ import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +25,7 @@ from flask import Blueprint, Flask, Response, abort, jsonify, redirect, request,
 
 from lockkit import ConfigurationError, hookimpl
 from lockkit.oidc import IssuerConfig, OIDCVerifier
-from lockkit.provider import IdentityProvider, RequestLike, bearer_token
+from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 log = logging.getLogger("lockkit.dev")
 
@@ -34,14 +33,6 @@ AUDIENCE = "lockkit-dev"
 SESSION_KEY = "_lockkit_dev"
 CSRF_KEY = "_lockkit_dev_csrf"
 DEFAULT_TTL = 8 * 3600
-
-
-def _safe_next(url: str | None) -> str:
-    """Only same-site relative paths: never an open redirect."""
-    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
-        return "/"
-    parts = urlsplit(url)
-    return url if not parts.scheme and not parts.netloc else "/"
 
 
 class DevProvider(IdentityProvider):
@@ -141,7 +132,7 @@ def _blueprint() -> Blueprint:
             return _FORM.format(
                 action=html.escape(url_for("lockkit_dev.login")),
                 csrf=html.escape(token),
-                next=html.escape(_safe_next(request.args.get("next"))),
+                next=html.escape(safe_next(request.args.get("next"))),
             )
         expected = session.get(CSRF_KEY)
         if not expected or not secrets.compare_digest(str(expected), request.form.get("csrf", "")):
@@ -157,7 +148,7 @@ def _blueprint() -> Blueprint:
         if callable(regenerate):
             regenerate(session)  # server-side sessions: a new id on sign-in (no fixation)
         session[SESSION_KEY] = get_state().sealer.seal("dev-id-token", _provider().mint(name))
-        return redirect(_safe_next(request.form.get("next")))
+        return redirect(safe_next(request.form.get("next")))
 
     @bp.post("/logout")
     def logout() -> Any:
@@ -165,7 +156,7 @@ def _blueprint() -> Blueprint:
         if not expected or not secrets.compare_digest(str(expected), request.form.get("csrf", "")):
             abort(400, "sign-out form expired; reload the page")
         session.clear()
-        return redirect(_safe_next(request.form.get("next")))
+        return redirect(safe_next(request.form.get("next")))
 
     return bp
 

@@ -60,7 +60,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from lockkit import ConfigurationError, hookimpl
 from lockkit.errors import IdentityError, InvalidCredentialError, ProviderUnavailableError
 from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier
-from lockkit.provider import IdentityProvider, RequestLike, bearer_token
+from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 try:  # Authlib >= 1.6 verifies ID tokens with joserfc
     from joserfc.errors import JoseError
@@ -92,16 +92,6 @@ _AUTHLIB_ARGS: Final = frozenset(
 )
 #: what a token exchange or refresh can raise (translated at this boundary)
 _OAUTH_ERRORS: Final = (AuthlibBaseError, JoseError, requests.RequestException, ValueError, KeyError, TypeError)
-
-
-def _safe_next(url: str | None) -> str:
-    """Only same-site relative paths: never an open redirect."""
-    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
-        return "/"
-    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
-        return "/"
-    parts = urlsplit(url)
-    return url if not parts.scheme and not parts.netloc else "/"
 
 
 def _check_url(name: str, url: str, *, allow_path: bool = True) -> str:
@@ -626,7 +616,7 @@ class OIDCProvider(IdentityProvider):
         app.add_template_global(self.csrf_token, name=f"lockkit_{self.name}_csrf")
 
     def login_url(self, next_url: str) -> str | None:
-        return url_for(f"{self.blueprint_name}.login", next=_safe_next(next_url))
+        return url_for(f"{self.blueprint_name}.login", next=safe_next(next_url))
 
     def redirect_uri(self) -> str:
         return self.settings.redirect_uri or url_for(f"{self.blueprint_name}.callback", _external=True)
@@ -640,7 +630,7 @@ class OIDCProvider(IdentityProvider):
         return token
 
     def post_logout_redirect_uri(self, next_url: str) -> str:
-        return self.settings.post_logout_redirect_uri or request.host_url.rstrip("/") + _safe_next(next_url)
+        return self.settings.post_logout_redirect_uri or request.host_url.rstrip("/") + safe_next(next_url)
 
     def end_session_url(self, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
         """Where the browser ends its IdP session (RP-Initiated Logout), or ``None`` when the
@@ -662,7 +652,7 @@ class OIDCProvider(IdentityProvider):
         stored = self._load()
         session.clear()
         target = self.end_session_url(stored["id"] if stored else None, self.post_logout_redirect_uri(next_url))
-        return redirect(target or _safe_next(next_url))
+        return redirect(target or safe_next(next_url))
 
     # -- callback ------------------------------------------------------------------------
     def complete_login(self) -> BaseResponse:
@@ -691,7 +681,7 @@ class OIDCProvider(IdentityProvider):
             return _page(400, "Sign-in failed.", retry=url_for(f"{self.blueprint_name}.login"))
         refresh = token.get("refresh_token")
         self._store(id_token, claims, refresh if isinstance(refresh, str) else None)
-        target = _safe_next(session.pop(f"{self.session_key}_next", None))
+        target = safe_next(session.pop(f"{self.session_key}_next", None))
         regenerate = getattr(current_app.session_interface, "regenerate", None)
         if callable(regenerate):  # server-side sessions (Flask-Session): a new id at sign-in
             regenerate(session)
@@ -731,7 +721,7 @@ def _blueprint(name: str) -> Blueprint:
     @bp.get("/login")
     def login() -> Any:
         provider = _current(name)
-        session[f"{provider.session_key}_next"] = _safe_next(request.args.get("next"))
+        session[f"{provider.session_key}_next"] = safe_next(request.args.get("next"))
         _drop_stale_logins(provider.blueprint_name)
         try:
             client = provider.oauth_client()

@@ -26,7 +26,8 @@ from lockkit import ConfigurationError, InvalidCredentialError, ProviderUnavaila
 from lockkit.flask import get_state
 from lockkit.plugins import identity_provider_classes, make_plugin_manager
 from lockkit.testing import LocalIssuer
-from lockkit_oidc import OIDCProvider, OIDCSettings, _safe_next
+from lockkit.provider import safe_next as _safe_next
+from lockkit_oidc import OIDCProvider, OIDCSettings
 
 from .op_fixture import (
     API_AUDIENCE,

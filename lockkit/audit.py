@@ -1,0 +1,368 @@
+"""Audit: every key release and every denial becomes an event; the built-in sink is an
+append-only, hash-chained and MACed log that ``lockkit audit verify`` checks.
+
+An event says who (the subject from the *verified* token, never from the caller), what
+(operation, table, column, count, optional record ids the app passes with ``.audit()``),
+when, and the outcome (``granted`` / ``denied`` with a reason). Never plaintext, tokens or key
+material.
+
+Log format: one JSON object per line::
+
+    {"seq": n, "prev": <hex SHA-256 of line n-1>, "event": {...}, "mac": <hex HMAC-SHA256>}
+
+``mac`` is HMAC-SHA256 under the audit key over ``[seq, prev, event]``; the first entry's
+``prev`` is 64 zeros. A sidecar ``<log>.head`` holds the last ``seq`` and hash, MACed, so that
+cutting entries off the end is detected too. Writers take an exclusive ``flock`` on
+``<log>.lock``, so threads and processes append to one valid chain.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes, hmac
+
+from .errors import LockkitError
+
+log = logging.getLogger("lockkit.audit")
+
+GENESIS = "0" * 64
+OPERATIONS = {"encrypt": "encrypt", "decrypt": "decrypt", "index": "query"}
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One key release or denial (one per column per batch)."""
+
+    time: float
+    workspace: str
+    keyset: str
+    backend: str
+    operation: str  # encrypt | decrypt | query
+    table: str
+    column: str
+    count: int
+    outcome: str  # granted | denied
+    subject: str | None = None
+    namespace: str | None = None
+    reason: str | None = None
+    records: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["records"] = list(self.records)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AuditEvent:
+        return cls(**{**d, "records": tuple(d.get("records", ())), "metadata": dict(d.get("metadata", {}))})
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """What the app adds to an operation's events: ``op.audit(records=[...], reason="...")``."""
+
+    records: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+#: the audit context of the operation running in this thread/task (set by Operation)
+current_context: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("lockkit_audit", default=None)
+
+
+class AuditError(LockkitError):
+    """The audit sink could not record an event; with fail-closed auditing no key is released."""
+
+
+class AuditSink(Protocol):
+    """Where events go. ``write`` must raise if it could not record them."""
+
+    def write(self, events: Sequence[AuditEvent]) -> None: ...
+
+
+class Auditor:
+    """Fans events out to sinks. Fail closed by default: if a sink cannot write, the caller
+    (a key service) releases no key."""
+
+    def __init__(self, sinks: Sequence[AuditSink], *, fail_closed: bool = True) -> None:
+        self.sinks = list(sinks)
+        self.fail_closed = fail_closed
+
+    def record(self, events: Sequence[AuditEvent]) -> None:
+        """:raises AuditError: a sink failed and auditing is fail-closed."""
+        if not events:
+            return
+        for sink in self.sinks:
+            try:
+                sink.write(events)
+            except Exception as err:  # any sink failure is an audit failure
+                log.error("audit sink %r failed: %s", sink, err)
+                if self.fail_closed:
+                    raise AuditError(f"the audit log could not record the key release ({type(err).__name__}); "
+                                     "no key was released") from err
+
+    def events(
+        self,
+        *,
+        workspace: str,
+        keyset: str,
+        backend: str,
+        requests: Iterable[Any],
+        outcome: str,
+        subject: str | None,
+        namespace: str | None = None,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> list[AuditEvent]:
+        """Events for a batch of key requests (one per request)."""
+        ctx = current_context.get()
+        ts = time.time() if now is None else now
+        return [
+            AuditEvent(
+                time=ts, workspace=workspace, keyset=keyset, backend=backend,
+                operation=OPERATIONS.get(r.purpose, r.purpose), table=r.table, column=r.column,
+                count=r.count, outcome=outcome, subject=subject, namespace=namespace, reason=reason,
+                records=ctx.records if ctx else (), metadata=dict(ctx.metadata) if ctx else {},
+            )
+            for r in requests
+        ]
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first bad entry a verification found."""
+
+    line: int  # 1-based line number in the log file (0: the head file)
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = "head file" if self.line == 0 else f"line {self.line}" + (f" (seq {self.seq})" if self.seq else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    entries: int
+    problem: Problem | None = None
+
+
+class AuditLog:
+    """The built-in sink: an append-only, hash-chained, MACed JSON-lines log.
+
+    :param key: the 32-byte audit key (from the keyring: ``audit_key(keyring)``).
+    :param fsync: flush to disk on every write (durable across power loss; slower).
+    """
+
+    def __init__(self, path: str | Path, key: bytes, *, fsync: bool = False) -> None:
+        if len(key) < 32:
+            raise ValueError("the audit key must be at least 32 bytes")
+        self.path = Path(path)
+        self._key = key
+        self.fsync = fsync
+        self._thread_lock = threading.Lock()
+        self.head_path = self.path.with_name(self.path.name + ".head")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    def __repr__(self) -> str:
+        return f"AuditLog({str(self.path)!r})"
+
+    def _mac(self, data: bytes) -> str:
+        h = hmac.HMAC(self._key, hashes.SHA256())
+        h.update(data)
+        return h.finalize().hex()
+
+    def _entry_mac(self, seq: int, prev: str, event: dict[str, Any]) -> str:
+        return self._mac(b"entry\x00" + _canonical([seq, prev, event]))
+
+    def _head_mac(self, seq: int, digest: str) -> str:
+        return self._mac(b"head\x00" + _canonical([seq, digest]))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _read_head(self) -> tuple[int, str]:
+        try:
+            head = json.loads(self.head_path.read_text())
+        except FileNotFoundError:
+            if self.path.exists() and self.path.stat().st_size > 0:
+                raise AuditError(f"audit head {self.head_path} is missing; run `lockkit audit verify`") from None
+            return 0, GENESIS
+        except (OSError, ValueError) as err:
+            raise AuditError(f"audit head {self.head_path} is unreadable") from err
+        seq, digest = head.get("seq"), head.get("hash")
+        if not isinstance(seq, int) or not isinstance(digest, str) or head.get("mac") != self._head_mac(seq, digest):
+            raise AuditError(f"audit head {self.head_path} fails its MAC; run `lockkit audit verify`")
+        return seq, digest
+
+    def write(self, events: Sequence[AuditEvent]) -> None:
+        """Append events to the chain (all or nothing for the head)."""
+        with self._locked():
+            seq, prev = self._read_head()
+            lines = []
+            for ev in events:
+                seq += 1
+                body = ev.to_dict()
+                entry = {"seq": seq, "prev": prev, "event": body, "mac": self._entry_mac(seq, prev, body)}
+                line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                prev = hashlib.sha256(line.encode()).hexdigest()
+                lines.append(line + "\n")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write("".join(lines))
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            tmp = self.head_path.with_name(self.head_path.name + f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"seq": seq, "hash": prev, "mac": self._head_mac(seq, prev)}, fh)
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, self.head_path)
+
+    def verify(self) -> Verification:
+        """Check the whole chain and the head; name the first bad entry.
+
+        Detects edited, deleted, inserted, reordered and forged entries (MAC and chain) and a
+        truncated tail (head)."""
+        with self._locked():
+            return self._verify()
+
+    def _verify(self) -> Verification:
+        prev, seq, n = GENESIS, 0, 0
+        try:
+            text = self.path.read_bytes().decode()
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as err:
+            return Verification(False, 0, Problem(1, None, f"log unreadable ({type(err).__name__})"))
+        if text and not text.endswith("\n"):
+            last = text.count("\n") + 1
+            return Verification(False, last - 1, Problem(last, None, "partial last line (truncated mid-entry)"))
+        for n, line in enumerate(text.splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+                e_seq, e_prev, body, mac = entry["seq"], entry["prev"], entry["event"], entry["mac"]
+            except (ValueError, KeyError, TypeError):
+                return Verification(False, n - 1, Problem(n, None, "not a log entry (malformed JSON)"))
+            if set(entry) != {"seq", "prev", "event", "mac"}:
+                return Verification(False, n - 1, Problem(n, e_seq, "unexpected fields"))
+            if not isinstance(mac, str) or not hmac_equal(mac, self._entry_mac(e_seq, e_prev, body)):
+                return Verification(False, n - 1, Problem(n, e_seq, "MAC mismatch: the entry was edited or forged"))
+            if e_seq != seq + 1:
+                return Verification(False, n - 1, Problem(
+                    n, e_seq, f"sequence jumps from {seq} to {e_seq}: entries were removed, reordered or inserted"))
+            if e_prev != prev:
+                return Verification(False, n - 1, Problem(
+                    n, e_seq, "previous-hash mismatch: an entry before it was removed, reordered or changed"))
+            seq, prev = e_seq, hashlib.sha256(line.encode()).hexdigest()
+        try:
+            head = json.loads(self.head_path.read_text())
+        except FileNotFoundError:
+            if seq == 0:
+                return Verification(True, 0)
+            return Verification(False, seq, Problem(0, None, "head file missing: the end of the log cannot be checked"))
+        except (OSError, ValueError):
+            return Verification(False, seq, Problem(0, None, "head file unreadable"))
+        h_seq, h_hash = head.get("seq"), head.get("hash")
+        if not isinstance(h_seq, int) or not isinstance(h_hash, str) or not hmac_equal(str(head.get("mac")), self._head_mac(h_seq, h_hash)):
+            return Verification(False, seq, Problem(0, None, "head MAC mismatch: the head was edited or forged"))
+        if h_seq != seq or h_hash != prev:
+            if h_seq > seq:
+                return Verification(False, seq, Problem(0, h_seq, f"log ends at seq {seq} but the head records seq {h_seq}: "
+                                                          "entries were cut off the end"))
+            return Verification(False, seq, Problem(0, h_seq, "the head does not match the last entry"))
+        return Verification(True, seq)
+
+    def events(self) -> Iterator[tuple[int, AuditEvent]]:
+        """``(seq, event)`` for every entry (no verification: call :meth:`verify`)."""
+        try:
+            fh = open(self.path, encoding="utf-8")
+        except FileNotFoundError:
+            return
+        with fh:
+            for line in fh:
+                entry = json.loads(line)
+                yield entry["seq"], AuditEvent.from_dict(entry["event"])
+
+    def query(
+        self,
+        *,
+        subject: str | None = None,
+        table: str | None = None,
+        column: str | None = None,
+        record: str | None = None,
+        operation: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AuditEvent]:
+        """Events matching every given filter, oldest first."""
+        out = []
+        for _, ev in self.events():
+            if subject is not None and ev.subject != subject:
+                continue
+            if table is not None and ev.table != table:
+                continue
+            if column is not None and ev.column != column:
+                continue
+            if record is not None and record not in ev.records:
+                continue
+            if operation is not None and ev.operation != operation:
+                continue
+            if outcome is not None and ev.outcome != outcome:
+                continue
+            if since is not None and ev.time < since:
+                continue
+            if until is not None and ev.time > until:
+                continue
+            out.append(ev)
+        return out
+
+    def who_accessed(self, table: str, record: str) -> list[AuditEvent]:
+        """Who decrypted ``record`` of ``table``, and when (granted decrypts only)."""
+        return self.query(table=table, record=str(record), operation="decrypt", outcome="granted")
+
+    def accessed_by(self, subject: str) -> list[AuditEvent]:
+        """Everything ``subject`` did (grants and denials)."""
+        return self.query(subject=subject)
+
+
+def hmac_equal(a: str, b: str) -> bool:
+    import hmac as _hmac
+
+    return _hmac.compare_digest(a.encode(), b.encode())
+
+
+def audit_key(keyring: Any) -> bytes:
+    """The audit MAC key, derived from the keyring's (non-rotating) index root."""
+    return bytes(keyring.derive(None, ["audit", keyring.workspace_crn]))
