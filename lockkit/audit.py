@@ -141,6 +141,39 @@ class Auditor:
         ]
 
 
+def record_release(
+    auditor: Auditor,
+    *,
+    workspace: str,
+    keyset: str,
+    backend: str,
+    requests: Sequence[Any],
+    results: Sequence[Any],
+    subject: str | None,
+    namespace: str | None,
+    now: float | None = None,
+) -> None:
+    """Record a batch's grants (and per-request denials) before its keys are handed out.
+
+    :raises EncryptionError | DecryptionError: the sink failed and auditing is fail-closed:
+        no key is released.
+    """
+    granted = [r for r, o in zip(requests, results) if not isinstance(o, LockkitError)]
+    events = auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=granted,
+                            outcome="granted", subject=subject, namespace=namespace, now=now)
+    for r, o in zip(requests, results):
+        if isinstance(o, LockkitError):
+            events += auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=[r],
+                                     outcome="denied", subject=subject, namespace=namespace, reason=o.message, now=now)
+    try:
+        auditor.record(events)
+    except AuditError as err:
+        from .errors import DecryptionError, EncryptionError
+
+        cls = DecryptionError if any(r.purpose == "decrypt" for r in requests) else EncryptionError
+        raise cls(err.message) from err
+
+
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .config import DEFAULT_CONFIG_FILE, DEFAULT_KEYRING_PATH, load_settings, parse_crn, render_config
+from .audit import AuditLog
 from .errors import ConfigurationError, LockkitError
 from .keys.keyring import Keyring
 
@@ -99,6 +100,87 @@ def keys_rotate() -> None:
     except LockkitError as err:
         _fail(err)
     click.echo(f"rotated: version {v} is now primary; restart running apps to pick it up")
+
+
+@cli.group(help="Inspect and verify the audit log.")
+def audit() -> None:
+    pass
+
+
+def _audit_log() -> AuditLog:
+    from .services import build_auditor
+
+    settings = load_settings()
+    if settings.audit_log is None:
+        raise ConfigurationError("no audit log is configured: set [audit] log in lockkit.toml or LOCKKIT_AUDIT_LOG")
+    from .keys.keyring import load_keyring
+
+    ring = None
+    if settings.keyring_json or (settings.keyring_path is not None and settings.keyring_path.exists()):
+        ring = load_keyring(settings.keyring_path, settings.keyring_json)
+    auditor = build_auditor(settings, ring)
+    assert auditor is not None and isinstance(auditor.sinks[0], AuditLog)
+    return auditor.sinks[0]
+
+
+def _when(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as err:
+        raise click.BadParameter(f"{value!r}: give unix seconds or an ISO date/time") from err
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+@audit.command("verify", help="Check the hash chain, every MAC and the head; name the first bad entry.")
+def audit_verify() -> None:
+    try:
+        log = _audit_log()
+        result = log.verify()
+    except LockkitError as err:
+        _fail(err)
+    if result.ok:
+        click.echo(f"ok: {result.entries} entries, chain and MACs intact ({log.path})")
+        return
+    raise click.ClickException(f"audit log {log.path} is NOT intact: {result.problem} "
+                               f"({result.entries} entries before it verified)")
+
+
+@audit.command("show", help="List events: who accessed what, when, and the outcome.")
+@click.option("--subject", help="only this subject")
+@click.option("--table", help="only this table")
+@click.option("--column", help="only this column")
+@click.option("--record", help="only events naming this record id")
+@click.option("--operation", type=click.Choice(["encrypt", "decrypt", "query"]))
+@click.option("--outcome", type=click.Choice(["granted", "denied"]))
+@click.option("--since", help="unix seconds or ISO date/time")
+@click.option("--until", help="unix seconds or ISO date/time")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def audit_show(subject: str | None, table: str | None, column: str | None, record: str | None,
+               operation: str | None, outcome: str | None, since: str | None, until: str | None, as_json: bool) -> None:
+    import json as _json
+
+    try:
+        log = _audit_log()
+        events = log.query(subject=subject, table=table, column=column, record=record, operation=operation,
+                           outcome=outcome, since=_when(since), until=_when(until))
+    except LockkitError as err:
+        _fail(err)
+    if as_json:
+        for ev in events:
+            click.echo(_json.dumps(ev.to_dict(), sort_keys=True))
+        return
+    click.echo(f"{'time (UTC)':<19}  {'subject':<24}  {'operation':<9}  {'table.column':<24}  {'n':>5}  {'outcome':<7}  records / reason")
+    for ev in events:
+        when = dt.datetime.fromtimestamp(ev.time, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        extra = ",".join(ev.records) + (f" ({ev.reason})" if ev.reason else "")
+        click.echo(f"{when:<19}  {(ev.subject or '-')[:24]:<24}  {ev.operation:<9}  {(ev.table + '.' + ev.column)[:24]:<24}  "
+                   f"{ev.count:>5}  {ev.outcome:<7}  {extra}")
 
 
 from .cts.cli import cts as _cts_commands  # noqa: E402  (`lockkit cts serve`)

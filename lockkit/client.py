@@ -18,6 +18,8 @@ from typing import Any, Generic, Literal, TypeVar
 from cryptography.exceptions import InvalidTag
 
 from . import payload as pl
+from .audit import AuditContext
+from .audit import current_context as audit_context
 from .config import Settings, check_name, load_settings
 from .errors import (
     ClientInitError,
@@ -40,13 +42,23 @@ class Operation(Generic[T]):
     """A lazy operation. ``with_lock_context`` returns a new operation; the first read of its
     result runs it (once, thread-safely) and caches the :class:`Result`."""
 
-    __slots__ = ("_fn", "_lc", "_result", "_mutex")
+    __slots__ = ("_fn", "_lc", "_result", "_mutex", "_audit")
 
-    def __init__(self, fn: Callable[[LockContext | None], T], lock_context: LockContext | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[LockContext | None], T],
+        lock_context: LockContext | None = None,
+        audit: AuditContext | None = None,
+    ) -> None:
         self._fn = fn
         self._lc = lock_context
+        self._audit = audit
         self._result: Result[T] | None = None
         self._mutex = threading.Lock()
+
+    def _check_pending(self) -> None:
+        if self._result is not None:
+            raise RuntimeError("this operation already ran; build a new one")
 
     def with_lock_context(self, lock_context: LockContext) -> Operation[T]:
         """This operation, locked to ``lock_context``'s identity.
@@ -56,18 +68,30 @@ class Operation(Generic[T]):
         """
         if not isinstance(lock_context, LockContext):
             raise TypeError("with_lock_context() takes a LockContext")
-        if self._result is not None:
-            raise RuntimeError("this operation already ran; build a new one")
-        return Operation(self._fn, lock_context)
+        self._check_pending()
+        return Operation(self._fn, lock_context, self._audit)
+
+    def audit(self, *, records: Iterable[object] = (), **metadata: str) -> Operation[T]:
+        """This operation, with record ids (and string metadata) added to its audit events:
+        ``client.decrypt(p).audit(records=[note_id]).with_lock_context(lc)``.
+
+        :raises RuntimeError: the operation already ran.
+        """
+        self._check_pending()
+        ctx = AuditContext(tuple(str(r) for r in records), {k: str(v) for k, v in metadata.items()})
+        return Operation(self._fn, self._lc, ctx)
 
     def result(self) -> Result[T]:
         """Run the operation if it has not run yet, and return its :class:`Result`."""
         with self._mutex:
             if self._result is None:
+                token = audit_context.set(self._audit)
                 try:
                     self._result = Result(self._fn(self._lc))
                 except LockkitError as err:
                     self._result = Result.from_error(err)
+                finally:
+                    audit_context.reset(token)
             return self._result
 
     @property
@@ -458,7 +482,9 @@ class Encryption:
         keys = self._release(lock, requests)
         decode_value = pl.decode_value
         compare = hmac.compare_digest
-        for ((tn, cn, kid, plc), members), key in zip(groups.items(), keys):
+        denials: list[tuple[KeyRequest, str]] = []
+        for ((tn, cn, kid, plc), members), key, req in zip(groups.items(), keys, requests):
+            refused = 0
             if isinstance(key, LockkitError):
                 for i, _ in members:
                     out[i] = key
@@ -473,11 +499,13 @@ class Encryption:
                         "this value is locked to another identity" if plc is not None else
                         "this value was encrypted under other keys (another workspace or keyring?)"
                     )
+                    refused += 1
                     continue
                 try:
                     plain = dec(raw[:12], raw[16:], aad)
                 except InvalidTag:
                     out[i] = DecryptionError("the payload was tampered with (authentication failed)")
+                    refused += 1
                     continue
                 if plain[:1] == b"s":
                     try:
@@ -489,7 +517,20 @@ class Encryption:
                     out[i] = decode_value(plain)
                 except LockkitError as err:
                     out[i] = err
+            if refused:
+                denials.append((KeyRequest(tn, cn, "decrypt", key_id=kid, count=refused, locked=plc is not None),
+                                "locked to another identity, or tampered"))
+        if denials:
+            self._report_denials(lock, denials)
         return out
+
+    def _report_denials(self, lock: Lock | None, denials: list[tuple[KeyRequest, str]]) -> None:
+        """Tell an auditing key service about values its keys did not open."""
+        report = getattr(self.key_service, "report_denial", None)
+        if report is None:
+            return
+        for req, reason in denials:
+            report(keyset=self.keyset, lock=lock, requests=[req], reason=reason)
 
     def _encrypt_models(
         self, models: list[Mapping[str, Any]], table: EncryptedTable, lock: Lock | None

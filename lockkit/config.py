@@ -93,6 +93,13 @@ class Settings:
     #: "local" (the keyring) or "openbao"
     key_backend: str = "local"
     openbao: OpenBaoConfig | None = None
+    #: the built-in audit log (None: no built-in log; plugins may still add sinks)
+    audit_log: Path | None = None
+    #: audit failures refuse key releases (False: log and continue)
+    audit_fail_closed: bool = True
+    audit_fsync: bool = False
+    #: base64 audit MAC key when there is no keyring (OpenBao mode); secret
+    audit_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         parse_crn(self.workspace_crn)
@@ -225,7 +232,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"{path} is not valid TOML: {err}") from err
 
 
-_TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers", "key_backend", "openbao"}
+_TOP_KEYS = {"workspace_crn", "keyring", "keyset", "cts", "issuers", "key_backend", "openbao", "audit"}
+_AUDIT_KEYS = {"log", "fail_closed", "fsync"}
+
+
+def _bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise ConfigurationError(f"{what} must be true or false")
 _CTS_KEYS = {"lifetime", "claims", "endpoint"}
 
 
@@ -321,6 +337,19 @@ def load_settings(
     if endpoint is not None and not isinstance(endpoint, str):
         raise ConfigurationError("[cts] endpoint must be a URL string")
     openbao = _openbao(data.get("openbao", {}), env) if backend == "openbao" else None
+    audit = data.get("audit", {})
+    if not isinstance(audit, dict) or set(audit) - _AUDIT_KEYS:
+        raise ConfigurationError(f"{cfg_path}: [audit] accepts only {sorted(_AUDIT_KEYS)}")
+    audit_raw: Any = _env_get(env, "LOCKKIT_AUDIT_LOG") or audit.get("log")
+    audit_log: Path | None = None
+    if audit_raw:
+        if not isinstance(audit_raw, str):
+            raise ConfigurationError("[audit] log must be a path")
+        audit_log = Path(audit_raw)
+        if not audit_log.is_absolute():
+            audit_log = ((cwd or Path.cwd()) if _env_get(env, "LOCKKIT_AUDIT_LOG") else base) / audit_log
+    fail_closed = _bool(_env_get(env, "LOCKKIT_AUDIT_FAIL_CLOSED") or audit.get("fail_closed", True), "[audit] fail_closed")
+    fsync = _bool(_env_get(env, "LOCKKIT_AUDIT_FSYNC") or audit.get("fsync", False), "[audit] fsync")
     return Settings(
         workspace_crn=crn.strip(),
         keyring_path=None if keyring_json else keyring_path,
@@ -333,6 +362,10 @@ def load_settings(
         cts_endpoint=endpoint,
         key_backend=backend,
         openbao=openbao,
+        audit_log=audit_log,
+        audit_fail_closed=fail_closed,
+        audit_fsync=fsync,
+        audit_key=_env_get(env, "LOCKKIT_AUDIT_KEY"),
     )
 
 
@@ -355,6 +388,10 @@ def render_config(
         "[cts]",
         f"lifetime = {DEFAULT_CTS_LIFETIME}            # seconds a CTS token lives (max {MAX_CTS_LIFETIME})",
         "claims = []                # extra identity-token claims lock contexts may name",
+        "",
+        "[audit]",
+        'log = ".lockkit/audit.log"  # hash-chained, MACed; check with `lockkit audit verify`',
+        "fail_closed = true         # no key is released if the event cannot be recorded",
         "",
         "# Trusted identity providers. One table per issuer, e.g.:",
         "# [[issuers]]",

@@ -27,3 +27,14 @@ def register_identity_providers(register: Callable[[type[Any]], None]) -> None:
         app with ``cls.from_config(config)``.
     Return nothing.
     """
+
+
+@hookspec
+def register_audit_sinks(register: Callable[[Any], None]) -> None:
+    """Offer audit sinks: objects with ``write(events)`` that receive every key-release and
+    denial event (:class:`lockkit.audit.AuditEvent`, never plaintext, tokens or keys).
+
+    :param register: call ``register(sink)`` once per sink. ``write`` must raise if it could
+        not record the events: with fail-closed auditing (the default) no key is released then.
+    Return nothing.
+    """

@@ -66,3 +66,19 @@ def identity_provider_classes(pm: pluggy.PluginManager) -> dict[str, type[Any]]:
 
     pm.hook.register_identity_providers(register=register)
     return found
+
+
+def audit_sinks(pm: pluggy.PluginManager) -> list[Any]:
+    """Every audit sink the plugins register.
+
+    :raises ClientInitError: a sink has no ``write`` method.
+    """
+    found: list[Any] = []
+
+    def register(sink: Any) -> None:
+        if not callable(getattr(sink, "write", None)):
+            raise ClientInitError(f"audit sink {sink!r} has no write(events) method")
+        found.append(sink)
+
+    pm.hook.register_audit_sinks(register=register)
+    return found

@@ -189,3 +189,52 @@ def test_tracing_logs_hook_calls(caplog: pytest.LogCaptureFixture) -> None:
         identity_provider_classes(make_plugin_manager(trace=True))
     assert "register_identity_providers" in caplog.text
 
+
+
+def test_hook_register_audit_sinks(idp: LocalIssuer) -> None:
+    from flask import Flask, jsonify
+
+    from lockkit import encrypted_column, encrypted_table
+    from lockkit.audit import AuditEvent
+    from lockkit.flask import LockKit, current_lock_context, get_state, lock_context_required
+    from lockkit.keys.keyring import Keyring
+
+    received: list[AuditEvent] = []
+
+    class ListSink:
+        def write(self, events: list[AuditEvent]) -> None:
+            received.extend(events)
+
+    class Plugin:
+        @hookimpl
+        def register_audit_sinks(self, register: object) -> None:
+            register(ListSink())  # type: ignore[operator]
+
+    crn = "crn:local:ws-sink"
+    app = Flask(__name__)
+    app.config.update(TESTING=True, SECRET_KEY="k" * 32, LOCKKIT_PROVIDERS=["dev"], LOCKKIT_WORKSPACE_CRN=crn,
+                      LOCKKIT_KEYRING_JSON=Keyring.generate(crn).to_json(), LOCKKIT_KEY_BACKEND="local")
+    LockKit(app, plugin_manager=make_plugin_manager(plugins=[Plugin()]))
+    notes = encrypted_table("notes", body=encrypted_column("body"))
+
+    @app.get("/api/write")
+    @lock_context_required
+    def write() -> object:
+        client = get_state().encryption([notes])
+        client.encrypt("x", column="body", table=notes).audit(records=["n1"]).with_lock_context(current_lock_context).unwrap()
+        return jsonify(ok=True)
+
+    token = app.extensions["lockkit_dev"].mint("alice")
+    assert app.test_client().get("/api/write", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert [(e.subject, e.operation, e.table, e.column, e.records, e.outcome) for e in received] == [
+        ("alice", "encrypt", "notes", "body", ("n1",), "granted")]
+
+    class Broken:
+        @hookimpl
+        def register_audit_sinks(self, register: object) -> None:
+            register(object())  # type: ignore[operator]
+
+    other = Flask(__name__)
+    other.config.update(app.config)
+    with pytest.raises(ClientInitError, match="no write"):
+        LockKit(other, plugin_manager=make_plugin_manager(plugins=[Broken()]))

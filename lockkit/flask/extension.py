@@ -24,7 +24,7 @@ from ..errors import ClientInitError, CtsTokenError, IdentityError, ProviderUnav
 from ..identity import CtsToken, TokenService
 from ..keys import KeyService
 from ..oidc import Claims
-from ..plugins import identity_provider_classes, make_plugin_manager
+from ..plugins import audit_sinks, identity_provider_classes, make_plugin_manager
 from ..provider import IdentityProvider
 from ..schema import EncryptedTable
 from ..services import build_services
@@ -109,7 +109,7 @@ class LockKit:
             trace=bool(app.config["LOCKKIT_TRACE_PLUGINS"]),
         )
         providers = _build_providers(app, pm)
-        token_service, key_service = build_services(settings, providers)
+        token_service, key_service = build_services(settings, providers, audit_sinks(pm))
         claim = app.config["LOCKKIT_IDENTITY_CLAIM"]
         state = LockKitState(
             settings=settings,

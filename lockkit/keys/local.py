@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from ..audit import AuditError, Auditor, record_release
 from ..errors import DecryptionError, LockContextError, LockkitError
 from ..oidc import Claims
 from . import ColumnKey, KeyRequest, Lock
@@ -45,8 +46,9 @@ class LocalKeyService:
     trusts a remote CTS's JWKS).
     """
 
-    def __init__(self, keyring: Keyring, verifier: Any, *, cache_size: int = 4096) -> None:
+    def __init__(self, keyring: Keyring, verifier: Any, *, cache_size: int = 4096, auditor: Auditor | None = None) -> None:
         self.workspace_crn = keyring.workspace_crn
+        self.auditor = auditor
         self._cache: OrderedDict[tuple[int | None, bytes], ColumnKey] = OrderedDict()
         self._cache_size = cache_size
         self._keyring = keyring
@@ -67,10 +69,15 @@ class LocalKeyService:
     ) -> list[ColumnKey | LockkitError]:
         binding: list[Any] | None = None
         subject: str | None = None
+        namespace: str | None = None
         if lock is not None:
-            claims = self._verifier.verify(lock.token.access_token, now=now)
-            binding = identity_binding(claims, lock.claim_names)
-            subject = claims["sub"]
+            try:
+                claims = self._verifier.verify(lock.token.access_token, now=now)
+                binding = identity_binding(claims, lock.claim_names)
+            except LockContextError as err:
+                self._audit_denial(keyset, requests, None, None, err.message, now)
+                raise
+            subject, namespace = claims["sub"], claims["idp"]
         with self._lock:
             self.release_calls += 1
             self.last_subject = subject
@@ -84,7 +91,34 @@ class LocalKeyService:
             if got is None:
                 got = memo[memo_key] = self._derive(keyset, binding if req.locked else None, req)
             out.append(got)
+        if self.auditor is not None:
+            record_release(self.auditor, workspace=self.workspace_crn, keyset=keyset, backend="local",
+                           requests=requests, results=out, subject=subject, namespace=namespace, now=now)
         return out
+
+    def report_denial(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest], reason: str,
+                      now: float | None = None) -> None:
+        """Record that released keys did not open values (e.g. locked to another identity).
+        The subject comes from the verified token."""
+        subject = namespace = None
+        if lock is not None:
+            try:
+                claims = self._verifier.verify(lock.token.access_token, now=now)
+                subject, namespace = claims["sub"], claims["idp"]
+            except LockContextError:
+                pass
+        self._audit_denial(keyset, requests, subject, namespace, reason, now)
+
+    def _audit_denial(self, keyset: str, requests: Sequence[KeyRequest], subject: str | None,
+                      namespace: str | None, reason: str, now: float | None) -> None:
+        if self.auditor is None:
+            return
+        try:
+            self.auditor.record(self.auditor.events(
+                workspace=self.workspace_crn, keyset=keyset, backend="local", requests=requests,
+                outcome="denied", subject=subject, namespace=namespace, reason=reason, now=now))
+        except AuditError:
+            pass  # the operation is refused anyway; the sink's failure is logged by the auditor
 
     def _derive(self, keyset: str, binding: list[Any] | None, req: KeyRequest) -> ColumnKey | LockkitError:
         if req.purpose == "index":

@@ -36,6 +36,7 @@ import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..audit import AuditError, Auditor, record_release
 from ..config import OpenBaoConfig
 from ..cts.embedded import CtsUnavailableError
 from ..errors import (
@@ -216,8 +217,10 @@ class OpenBaoTokenService:
 class OpenBaoKeyService:
     """Releases keys through OpenBao transit with the user's own token (see module doc)."""
 
-    def __init__(self, config: OpenBaoConfig, workspace_crn: str, *, http: OpenBaoHTTP | None = None) -> None:
+    def __init__(self, config: OpenBaoConfig, workspace_crn: str, *, http: OpenBaoHTTP | None = None,
+                 auditor: Auditor | None = None) -> None:
         self.config = config
+        self.auditor = auditor
         self.workspace_crn = workspace_crn
         self.http = http or OpenBaoHTTP(config)
         self._lock = threading.Lock()
@@ -239,9 +242,13 @@ class OpenBaoKeyService:
         if lock.claim_names != ("sub",):
             raise LockContextError("the OpenBao key service locks to ('sub',) only; enforce scopes with OpenBao roles")
         now = time.time() if now is None else now
-        if lock.token.is_expired(now):
-            raise LockContextError(EXPIRED_MESSAGE)
-        bao, key, sub = decode_token(lock.token.access_token)
+        try:
+            if lock.token.is_expired(now):
+                raise LockContextError(EXPIRED_MESSAGE)
+            bao, key, sub = decode_token(lock.token.access_token)
+        except LockContextError as err:
+            self._audit_denial(keyset, requests, None, err.message, now)
+            raise
         with self._lock:
             self.release_calls += 1
             self.last_subject = sub
@@ -274,15 +281,44 @@ class OpenBaoKeyService:
                 for i, m in zip(idx, materials):
                     out[i] = ColumnKey("index", m)
         except BaoUnavailable as err:
+            self._audit_denial(keyset, requests, sub, "key service unavailable", now)
             raise err_cls(f"the key service is unavailable: {err}") from err
         except BaoError as err:
             if err.status == 403:
+                self._audit_denial(keyset, requests, sub, "OpenBao refused the token (403)", now)
                 raise LockContextError(
                     "OpenBao refused this identity's token for the key (expired, revoked, or another "
                     "user's key): call identify again"
                 ) from err
+            self._audit_denial(keyset, requests, sub, f"OpenBao refused the request ({err.status})", now)
             raise err_cls(f"OpenBao refused the request ({err.status}: {'; '.join(err.errors)[:200]})") from err
-        return [o if o is not None else err_cls("no key released") for o in out]
+        results = [o if o is not None else err_cls("no key released") for o in out]
+        if self.auditor is not None:
+            record_release(self.auditor, workspace=self.workspace_crn, keyset=keyset, backend="openbao",
+                           requests=requests, results=results, subject=sub, namespace=None, now=now)
+        return results
+
+    def report_denial(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest], reason: str,
+                      now: float | None = None) -> None:
+        """Record that released keys did not open values (e.g. locked to another identity)."""
+        sub = None
+        if lock is not None:
+            try:
+                sub = decode_token(lock.token.access_token)[2]
+            except LockContextError:
+                pass
+        self._audit_denial(keyset, requests, sub, reason, now)
+
+    def _audit_denial(self, keyset: str, requests: Sequence[KeyRequest], sub: str | None, reason: str,
+                      now: float | None) -> None:
+        if self.auditor is None:
+            return
+        try:
+            self.auditor.record(self.auditor.events(
+                workspace=self.workspace_crn, keyset=keyset, backend="openbao", requests=requests,
+                outcome="denied", subject=sub, reason=reason, now=now))
+        except AuditError:
+            pass
 
     # -- transit calls ---------------------------------------------------------------------
     def _transit(self, op: str, key: str) -> str:
