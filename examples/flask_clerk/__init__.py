@@ -74,6 +74,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
         return render_template("404.html"), 404
 
+    import datetime as dt
+
+    app.jinja_env.filters["utc"] = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
     from .views import bp
 
     app.register_blueprint(bp)

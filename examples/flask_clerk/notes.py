@@ -61,6 +61,7 @@ class NoteStore:
         return row, tag_payloads
 
     def create(self, title: str, body: str, tags: list[str], *, now: float | None = None) -> int:
+        """Encrypt and store a new note; returns its id."""
         row, tag_payloads = self._encrypt(title, body, tags)  # encrypt first: a failure stores nothing
         ts = time.time() if now is None else now
         with self.db.transaction() as cur:
@@ -115,10 +116,11 @@ class NoteStore:
         if not rows:
             return []
         tags = self._tags([r[0] for r in rows])
+        ids = [r[0] for r in rows]  # audit events name the notes that were opened
         models = [{"title": loads(r[1]), "body": loads(r[2])} for r in rows]
-        plain = self.client.bulk_decrypt_models(models, notes_table).with_lock_context(self.lc).unwrap()
+        plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=ids).with_lock_context(self.lc).unwrap()
         flat = [p for r in rows for p in tags.get(r[0], [])]
-        opened = iter(r.unwrap() for r in self.client.bulk_decrypt(flat).with_lock_context(self.lc).unwrap())
+        opened = iter(r.unwrap() for r in self.client.bulk_decrypt(flat).audit(records=ids).with_lock_context(self.lc).unwrap())
         notes = []
         for r, m in zip(rows, plain):
             note_tags = sorted(next(opened) for _ in tags.get(r[0], []))

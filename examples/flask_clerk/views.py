@@ -106,7 +106,9 @@ def show_note(note_id: int) -> Any:
     note = store().get(note_id)
     if note is None:
         abort(404)
-    return render_template("note.html", note=note)
+    log = get_state().audit_log
+    opened = log.who_accessed("notes", str(note_id))[-10:] if log is not None else []
+    return render_template("note.html", note=note, opened=list(reversed(opened)))
 
 
 @bp.get("/notes/<int:note_id>/edit")
@@ -159,6 +161,18 @@ def search() -> Any:
     except EncryptionError:
         flash("Search for a word of three or more letters.", "error")
     return redirect(url_for("notes.index"))
+
+
+@bp.get("/history")
+@lock_context_required
+def history() -> Any:
+    """The signed-in user's own access history, from lockkit's tamper-evident audit log."""
+    log = get_state().audit_log
+    claims = current_claims()
+    assert claims is not None
+    events = list(reversed(log.accessed_by(claims["sub"])))[:200] if log is not None else None
+    intact = log.verify().ok if log is not None else None
+    return render_template("history.html", events=events, intact=intact)
 
 
 @bp.get("/database")

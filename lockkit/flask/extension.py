@@ -16,6 +16,7 @@ import pluggy
 from flask import Flask, current_app, g, request, session
 from werkzeug.wrappers import Response
 
+from ..audit import AuditLog
 from ..client import Encryption
 from ..config import Settings, load_settings
 from ..cts import CtsUnavailableError
@@ -69,6 +70,15 @@ class LockKitState:
     #: the clock the middleware reads; tests inject one instead of patching time
     clock: Callable[[], float] = time.time
     clients: dict[tuple[str, ...], Encryption] = field(default_factory=dict)
+
+    @property
+    def audit_log(self) -> AuditLog | None:
+        """The built-in audit log, if one is configured (``[audit] log``)."""
+        auditor = getattr(self.key_service, "auditor", None)
+        for sink in getattr(auditor, "sinks", ()):
+            if isinstance(sink, AuditLog):
+                return sink
+        return None
 
     def encryption(self, schemas: Sequence[EncryptedTable], keyset: str | None = None) -> Encryption:
         """An encryption client on this app's services (cached per schema set)."""
