@@ -12,7 +12,8 @@ import binascii
 import hmac
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -213,6 +214,45 @@ class Encryption:
             outs = self._encrypt_items([_Item(t, col, v) for v in values], _lock_for(lc))
             return [_as_result(o) for o in outs]
         return Operation(run, lock_context)
+
+    def stream_encrypt(
+        self,
+        values: Iterable[Any],
+        *,
+        column: EncryptedColumn | str,
+        table: EncryptedTable | str,
+        lock_context: LockContext | None = None,
+        chunk_size: int = 1000,
+    ) -> Iterator[Result[dict[str, Any] | None]]:
+        """Encrypt an iterable of any length, yielding per-item results in order, one
+        key-service call per ``chunk_size`` values: memory stays flat however long the input.
+        A problem with the lock context (expired, forged) yields failures for the rest of the
+        chunk and stops.
+        """
+        t = self._table(table)
+        col = t.column(column)
+        for chunk in _chunks(values, chunk_size):
+            try:
+                outs = self._encrypt_batches([(t, col, chunk)], _lock_for(lock_context))[0]
+            except LockkitError as err:
+                failure: Result[Any] = Result.from_error(err)
+                yield from (failure for _ in chunk)
+                return
+            yield from (_as_result(o) for o in outs)
+
+    def stream_decrypt(
+        self, payloads: Iterable[Any], *, lock_context: LockContext | None = None, chunk_size: int = 1000
+    ) -> Iterator[Result[Any]]:
+        """Decrypt an iterable of payloads, yielding per-item results in order, one
+        key-service call per ``chunk_size`` payloads (see :meth:`stream_encrypt`)."""
+        for chunk in _chunks(payloads, chunk_size):
+            try:
+                outs = self._decrypt_items([(p, None) for p in chunk], lock_context)
+            except LockkitError as err:
+                failure: Result[Any] = Result.from_error(err)
+                yield from (failure for _ in chunk)
+                return
+            yield from (_as_result(o) for o in outs)
 
     def decrypt(self, payload: Any, *, lock_context: LockContext | None = None) -> Operation[Any]:
         """Decrypt one payload. ``None`` stays ``None``."""
@@ -628,6 +668,14 @@ def _parse(obj: Any) -> _Parsed | LockkitError:
     except LockkitError as err:
         return err
     return (p.table, p.column, p.keyset, p.kid, p.lc, p.nonce + p.check + p.ciphertext)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    if size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def _as_result(o: Any) -> Result[Any]:
