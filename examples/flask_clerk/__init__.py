@@ -78,6 +78,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.jinja_env.filters["utc"] = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
+    from . import admin  # noqa: F401  (`flask notes rekey|key-usage|retire-key` on the blueprint's CLI group)
     from .views import bp
 
     app.register_blueprint(bp)

@@ -201,6 +201,28 @@ class Keyring:
         self._primary = v
         return v
 
+    def retire(self, version: int) -> None:
+        """Remove root key ``version`` for good (save the keyring afterwards).
+
+        Only after a rekey moved every payload off it: a payload still under it can never be
+        decrypted again, and CTS tokens it signed stop verifying. This method cannot see the
+        payloads; callers (``flask notes retire-key``, ``lockkit keys retire``) must prove no
+        payload uses the version first.
+
+        :raises ConfigurationError: not a version of this keyring, the primary, or the newest
+            version (kept so that version numbers are never reused by a later rotation).
+        """
+        if isinstance(version, bool) or not isinstance(version, int) or version not in self._roots:
+            raise ConfigurationError(f"key version {version!r} is not in keyring {self.source}")
+        if version == self._primary:
+            raise ConfigurationError(
+                f"key version {version} is the primary (new values use it): rotate first, rekey, then retire it"
+            )
+        if version == max(self._roots):
+            raise ConfigurationError(f"key version {version} is the newest version: it is kept so numbers are never reused")
+        del self._roots[version]
+        del self._created[version]
+
     @property
     def primary(self) -> int:
         return self._primary
