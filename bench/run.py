@@ -31,6 +31,7 @@ from common import machine_info, print_machine  # noqa: E402
 # name -> module under bench/ (run in this order when no name is given)
 BENCHMARKS: dict[str, str] = {
     "core": "bench_core",
+    "openbao": "bench_openbao",
 }
 
 
