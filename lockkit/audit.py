@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +68,9 @@ class AuditEvent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditEvent:
+        """Read an event; fields a newer lockkit added are ignored."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         return cls(**{**d, "records": tuple(d.get("records", ())), "metadata": dict(d.get("metadata", {}))})
 
 
@@ -102,15 +105,29 @@ class Auditor:
         self.fail_closed = fail_closed
 
     def record(self, events: Sequence[AuditEvent]) -> None:
-        """:raises AuditError: a sink failed and auditing is fail-closed."""
+        """Write ``events`` to every sink.
+
+        :raises AuditError: a sink failed and auditing is fail-closed. Sinks that had already
+            recorded the events then get a compensating ``aborted`` event for each, so no sink
+            is left claiming a release that was refused.
+        """
         if not events:
             return
+        done: list[AuditSink] = []
         for sink in self.sinks:
             try:
                 sink.write(events)
+                done.append(sink)
             except Exception as err:  # any sink failure is an audit failure
                 log.error("audit sink %r failed: %s", sink, err)
                 if self.fail_closed:
+                    aborted = [replace(ev, outcome="aborted", reason=f"audit sink {type(sink).__name__} failed; "
+                                       "the release was refused") for ev in events if ev.outcome == "granted"]
+                    for other in done:
+                        try:
+                            other.write(aborted)
+                        except Exception as err2:  # pragma: no cover - best effort
+                            log.error("audit sink %r failed to record an abort: %s", other, err2)
                     raise AuditError(f"the audit log could not record the key release ({type(err).__name__}); "
                                      "no key was released") from err
 
@@ -130,14 +147,18 @@ class Auditor:
         """Events for a batch of key requests (one per request)."""
         ctx = current_context.get()
         ts = time.time() if now is None else now
+        merged: dict[tuple[str, str, str], int] = {}
+        for r in requests:  # one event per operation and column, however the keys were grouped
+            key = (getattr(r, "operation", "") or OPERATIONS.get(r.purpose, r.purpose), r.table, r.column)
+            merged[key] = merged.get(key, 0) + r.count
         return [
             AuditEvent(
                 time=ts, workspace=workspace, keyset=keyset, backend=backend,
-                operation=OPERATIONS.get(r.purpose, r.purpose), table=r.table, column=r.column,
-                count=r.count, outcome=outcome, subject=subject, namespace=namespace, reason=reason,
+                operation=op, table=table, column=column,
+                count=count, outcome=outcome, subject=subject, namespace=namespace, reason=reason,
                 records=ctx.records if ctx else (), metadata=dict(ctx.metadata) if ctx else {},
             )
-            for r in requests
+            for (op, table, column), count in merged.items()
         ]
 
 
@@ -147,30 +168,33 @@ def record_release(
     workspace: str,
     keyset: str,
     backend: str,
-    requests: Sequence[Any],
-    results: Sequence[Any],
+    grants: Sequence[Any],
+    denials: Sequence[tuple[Any, str]],
     subject: str | None,
     namespace: str | None,
     now: float | None = None,
 ) -> None:
-    """Record a batch's grants (and per-request denials) before its keys are handed out.
+    """Record a batch's grants and denials (key requests whose ``count`` says how many values
+    each covers) before its keys are handed out.
 
     :raises EncryptionError | DecryptionError: the sink failed and auditing is fail-closed:
         no key is released.
     """
-    granted = [r for r, o in zip(requests, results) if not isinstance(o, LockkitError)]
-    events = auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=granted,
+    events = auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=grants,
                             outcome="granted", subject=subject, namespace=namespace, now=now)
-    for r, o in zip(requests, results):
-        if isinstance(o, LockkitError):
-            events += auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=[r],
-                                     outcome="denied", subject=subject, namespace=namespace, reason=o.message, now=now)
+    by_reason: dict[str, list[Any]] = {}
+    for r, reason in denials:
+        by_reason.setdefault(reason, []).append(r)
+    for reason, reqs in by_reason.items():
+        events += auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=reqs,
+                                 outcome="denied", subject=subject, namespace=namespace, reason=reason, now=now)
     try:
         auditor.record(events)
     except AuditError as err:
         from .errors import DecryptionError, EncryptionError
 
-        cls = DecryptionError if any(r.purpose == "decrypt" for r in requests) else EncryptionError
+        cls = DecryptionError if any(r.purpose == "decrypt" for r in grants) or any(
+            r.purpose == "decrypt" for r, _ in denials) else EncryptionError
         raise cls(err.message) from err
 
 
@@ -226,8 +250,8 @@ class AuditLog:
     def _entry_mac(self, seq: int, prev: str, event: dict[str, Any]) -> str:
         return self._mac(b"entry\x00" + _canonical([seq, prev, event]))
 
-    def _head_mac(self, seq: int, digest: str) -> str:
-        return self._mac(b"head\x00" + _canonical([seq, digest]))
+    def _head_mac(self, seq: int, digest: str, size: int) -> str:
+        return self._mac(b"head\x00" + _canonical([seq, digest, size]))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -241,24 +265,42 @@ class AuditLog:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
-    def _read_head(self) -> tuple[int, str]:
+    def _read_head(self) -> tuple[int, str, int]:
+        """``(seq, hash, committed size)`` from the head.
+
+        :raises AuditError: the head is missing while the log has entries, or is not genuine.
+        """
         try:
             head = json.loads(self.head_path.read_text())
         except FileNotFoundError:
             if self.path.exists() and self.path.stat().st_size > 0:
                 raise AuditError(f"audit head {self.head_path} is missing; run `lockkit audit verify`") from None
-            return 0, GENESIS
+            return 0, GENESIS, 0
         except (OSError, ValueError) as err:
             raise AuditError(f"audit head {self.head_path} is unreadable") from err
-        seq, digest = head.get("seq"), head.get("hash")
-        if not isinstance(seq, int) or not isinstance(digest, str) or head.get("mac") != self._head_mac(seq, digest):
+        seq, digest, size = head.get("seq"), head.get("hash"), head.get("size")
+        if not (isinstance(seq, int) and isinstance(digest, str) and isinstance(size, int)) or not hmac_equal(
+            str(head.get("mac")), self._head_mac(seq, digest, size)
+        ):
             raise AuditError(f"audit head {self.head_path} fails its MAC; run `lockkit audit verify`")
-        return seq, digest
+        return seq, digest, size
 
     def write(self, events: Sequence[AuditEvent]) -> None:
-        """Append events to the chain (all or nothing for the head)."""
+        """Append events to the chain. The head (written last, atomically) records how many
+        bytes are committed: a write that fails half-way is rolled back, and bytes a failed or
+        killed earlier write left past the committed size are dropped before appending."""
         with self._locked():
-            seq, prev = self._read_head()
+            seq, prev, size = self._read_head()
+            try:
+                current = self.path.stat().st_size
+            except FileNotFoundError:
+                current = 0
+            if current < size:
+                raise AuditError(f"audit log {self.path} is shorter than its head records (truncated?); "
+                                 "run `lockkit audit verify`")
+            if current > size:
+                log.warning("audit log %s: dropping %d uncommitted bytes from an interrupted write", self.path, current - size)
+                os.truncate(self.path, size)
             lines = []
             for ev in events:
                 seq += 1
@@ -267,37 +309,59 @@ class AuditLog:
                 line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
                 prev = hashlib.sha256(line.encode()).hexdigest()
                 lines.append(line + "\n")
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a") as fh:
-                fh.write("".join(lines))
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-            tmp = self.head_path.with_name(self.head_path.name + f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"seq": seq, "hash": prev, "mac": self._head_mac(seq, prev)}, fh)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, self.head_path)
+            data = "".join(lines).encode()
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "ab") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    if self.fsync:
+                        os.fsync(fh.fileno())
+                new_size = size + len(data)
+                tmp = self.head_path.with_name(self.head_path.name + f".{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump({"seq": seq, "hash": prev, "size": new_size, "mac": self._head_mac(seq, prev, new_size)}, fh)
+                    fh.flush()
+                    if self.fsync:
+                        os.fsync(fh.fileno())
+                os.replace(tmp, self.head_path)
+            except BaseException:
+                try:  # roll back: the entries were never committed (the release is refused)
+                    if self.path.exists() and self.path.stat().st_size > size:
+                        os.truncate(self.path, size)
+                except OSError:  # pragma: no cover - the next write drops them anyway
+                    pass
+                raise
 
     def verify(self) -> Verification:
-        """Check the whole chain and the head; name the first bad entry.
-
-        Detects edited, deleted, inserted, reordered and forged entries (MAC and chain) and a
-        truncated tail (head)."""
+        """Check the whole file: every entry's MAC, the chain, and the head; name the first bad
+        entry. Detects edited, deleted, inserted, reordered and forged entries, cut tails, and
+        bytes after the committed end (appended lines, or an interrupted write). Holds the
+        writers' lock while it reads."""
         with self._locked():
             return self._verify()
 
     def _verify(self) -> Verification:
-        prev, seq, n = GENESIS, 0, 0
         try:
-            text = self.path.read_bytes().decode()
+            head = self._read_head()
+        except AuditError as err:
+            reason = ("head file missing: the end of the log cannot be checked" if "missing" in err.message
+                      else "head MAC mismatch: the head was edited or forged" if "MAC" in err.message
+                      else "head file unreadable")
+            return Verification(False, 0, Problem(0, None, reason))
+        h_seq, h_hash, h_size = head
+        try:
+            data = self.path.read_bytes()
         except FileNotFoundError:
-            text = ""
-        except (OSError, UnicodeDecodeError) as err:
+            data = b""
+        except OSError as err:
             return Verification(False, 0, Problem(1, None, f"log unreadable ({type(err).__name__})"))
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return Verification(False, 0, Problem(1, None, "log is not UTF-8 text"))
+        prev, seq, n = GENESIS, 0, 0
         if text and not text.endswith("\n"):
             last = text.count("\n") + 1
             return Verification(False, last - 1, Problem(last, None, "partial last line (truncated mid-entry)"))
@@ -318,34 +382,34 @@ class AuditLog:
                 return Verification(False, n - 1, Problem(
                     n, e_seq, "previous-hash mismatch: an entry before it was removed, reordered or changed"))
             seq, prev = e_seq, hashlib.sha256(line.encode()).hexdigest()
-        try:
-            head = json.loads(self.head_path.read_text())
-        except FileNotFoundError:
-            if seq == 0:
-                return Verification(True, 0)
-            return Verification(False, seq, Problem(0, None, "head file missing: the end of the log cannot be checked"))
-        except (OSError, ValueError):
-            return Verification(False, seq, Problem(0, None, "head file unreadable"))
-        h_seq, h_hash = head.get("seq"), head.get("hash")
-        if not isinstance(h_seq, int) or not isinstance(h_hash, str) or not hmac_equal(str(head.get("mac")), self._head_mac(h_seq, h_hash)):
-            return Verification(False, seq, Problem(0, None, "head MAC mismatch: the head was edited or forged"))
+        if len(data) < h_size or h_seq > seq:
+            return Verification(False, seq, Problem(0, h_seq, f"log ends at seq {seq} but the head records seq {h_seq}: "
+                                                      "entries were cut off the end"))
+        if h_seq < seq or len(data) > h_size:
+            at = text[:h_size].count("\n") + 1
+            return Verification(False, h_seq, Problem(at, h_seq + 1, f"{len(data) - h_size} bytes after the committed "
+                                                        f"end (seq {h_seq}): appended entries, or an interrupted write"))
         if h_seq != seq or h_hash != prev:
-            if h_seq > seq:
-                return Verification(False, seq, Problem(0, h_seq, f"log ends at seq {seq} but the head records seq {h_seq}: "
-                                                          "entries were cut off the end"))
             return Verification(False, seq, Problem(0, h_seq, "the head does not match the last entry"))
         return Verification(True, seq)
 
     def events(self) -> Iterator[tuple[int, AuditEvent]]:
-        """``(seq, event)`` for every entry (no verification: call :meth:`verify`)."""
+        """``(seq, event)`` for every entry in the file (no MAC or chain check: call
+        :meth:`verify` for that; ``lockkit audit show`` does and warns).
+
+        :raises AuditError: a line is damaged (not an entry).
+        """
         try:
-            fh = open(self.path, encoding="utf-8")
+            fh = open(self.path, encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return
         with fh:
-            for line in fh:
-                entry = json.loads(line)
-                yield entry["seq"], AuditEvent.from_dict(entry["event"])
+            for n, line in enumerate(fh, start=1):
+                try:
+                    entry = json.loads(line)
+                    yield entry["seq"], AuditEvent.from_dict(entry["event"])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise AuditError(f"audit log {self.path}: line {n} is damaged; run `lockkit audit verify`") from err
 
     def query(
         self,

@@ -167,10 +167,14 @@ def audit_show(subject: str | None, table: str | None, column: str | None, recor
 
     try:
         log = _audit_log()
+        check = log.verify()
         events = log.query(subject=subject, table=table, column=column, record=record, operation=operation,
                            outcome=outcome, since=_when(since), until=_when(until))
     except LockkitError as err:
         _fail(err)
+    if not check.ok:
+        click.echo(f"WARNING: the audit log does not verify ({check.problem}); events below may be forged",
+                   err=True)
     if as_json:
         for ev in events:
             click.echo(_json.dumps(ev.to_dict(), sort_keys=True))
@@ -182,6 +186,10 @@ def audit_show(subject: str | None, table: str | None, column: str | None, recor
         click.echo(f"{when:<19}  {(ev.subject or '-')[:24]:<24}  {ev.operation:<9}  {(ev.table + '.' + ev.column)[:24]:<24}  "
                    f"{ev.count:>5}  {ev.outcome:<7}  {extra}")
 
+
+from .rekey_cli import add_key_lifecycle_commands  # noqa: E402  (`lockkit keys usage|retire`)
+
+add_key_lifecycle_commands(keys)
 
 from .cts.cli import cts as _cts_commands  # noqa: E402  (`lockkit cts serve`)
 

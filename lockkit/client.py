@@ -171,6 +171,13 @@ class Encryption:
         return LockContext(token_service=self.token_service, **kwargs)
 
     # -- resolution ----------------------------------------------------------------------
+    def table(self, name: str) -> EncryptedTable:
+        """The declared table called ``name``.
+
+        :raises ClientInitError: no such table in ``schemas``.
+        """
+        return self._table(name)
+
     def _table(self, table: EncryptedTable | str) -> EncryptedTable:
         if isinstance(table, EncryptedTable):
             return table
@@ -191,7 +198,7 @@ class Encryption:
         """Encrypt one value for ``table.column``. ``None`` stays ``None``."""
         def run(lc: LockContext | None) -> dict[str, Any] | None:
             t = self._table(table)
-            out = self._encrypt_items([_Item(t, t.column(column), value)], _lock_for(lc))[0]
+            out = self._encrypt_items([_Item(t, t.column(column), value)], lc)[0]
             if isinstance(out, LockkitError):
                 raise out
             return out
@@ -211,7 +218,7 @@ class Encryption:
         def run(lc: LockContext | None) -> list[Result[dict[str, Any] | None]]:
             t = self._table(table)
             col = t.column(column)
-            outs = self._encrypt_items([_Item(t, col, v) for v in values], _lock_for(lc))
+            outs = self._encrypt_items([_Item(t, col, v) for v in values], lc)
             return [_as_result(o) for o in outs]
         return Operation(run, lock_context)
 
@@ -233,7 +240,7 @@ class Encryption:
         col = t.column(column)
         for chunk in _chunks(values, chunk_size):
             try:
-                outs = self._encrypt_batches([(t, col, chunk)], _lock_for(lock_context))[0]
+                outs = self._encrypt_batches([(t, col, chunk)], lock_context)[0]
             except LockkitError as err:
                 failure: Result[Any] = Result.from_error(err)
                 yield from (failure for _ in chunk)
@@ -278,7 +285,7 @@ class Encryption:
     ) -> Operation[dict[str, Any]]:
         """Encrypt the schema's fields of a dict; other fields pass through untouched."""
         def run(lc: LockContext | None) -> dict[str, Any]:
-            return self._encrypt_models([model], self._table(table), _lock_for(lc))[0]
+            return self._encrypt_models([model], self._table(table), lc)[0]
         return Operation(run, lock_context)
 
     def bulk_encrypt_models(
@@ -292,7 +299,7 @@ class Encryption:
         models = list(models)
 
         def run(lc: LockContext | None) -> list[dict[str, Any]]:
-            return self._encrypt_models(models, self._table(table), _lock_for(lc))
+            return self._encrypt_models(models, self._table(table), lc)
         return Operation(run, lock_context)
 
     def decrypt_model(
@@ -348,8 +355,8 @@ class Encryption:
                 raise EncryptionError(f"{where} has no search index")
             if value is None:
                 raise EncryptionError(f"{where}: cannot search for None")
-            lock = _lock_for(lc)
-            key = self._release(lock, [KeyRequest(t.table_name, col.name, "index", locked=lock is not None)])[0]
+            request = KeyRequest(t.table_name, col.name, "index", locked=lc is not None, operation="query")
+            key = self._release(self._acquire(lc, [request]), [request])[0]
             if isinstance(key, LockkitError):
                 raise key
             hasher = TermHasher(key.material)
@@ -371,6 +378,17 @@ class Encryption:
     def _release(self, lock: Lock | None, requests: list[KeyRequest]) -> list[ColumnKey | LockkitError]:
         return self.key_service.release(keyset=self.keyset, lock=lock, requests=requests)
 
+    def _acquire(self, lc: LockContext | None, requests: list[KeyRequest]) -> Lock | None:
+        """The lock for a batch; a lock context refused here (no token, expired) is reported to
+        an auditing key service as a denial before the error propagates."""
+        try:
+            return _lock_for(lc)
+        except LockContextError as err:
+            report = getattr(self.key_service, "report_denial", None)
+            if report is not None and requests:
+                report(keyset=self.keyset, lock=None, requests=requests, reason=err.message)
+            raise
+
     def _aad(self, tn: str, cn: str, kid: str, lc: tuple[str, ...] | None) -> bytes:
         key = (tn, cn, kid, lc)
         aad = self._aad_cache.get(key)
@@ -382,7 +400,7 @@ class Encryption:
             )
         return aad
 
-    def _encrypt_items(self, items: list[_Item], lock: Lock | None) -> list[dict[str, Any] | None | LockkitError]:
+    def _encrypt_items(self, items: list[_Item], lc: LockContext | None) -> list[dict[str, Any] | None | LockkitError]:
         """Encrypt items of any columns: one key-service call for all of them."""
         batches: dict[tuple[str, str], tuple[EncryptedTable, EncryptedColumn, list[int]]] = {}
         for i, it in enumerate(items):
@@ -392,7 +410,7 @@ class Encryption:
                 b = batches[k] = (it.table, it.col, [])
             b[2].append(i)
         outs = self._encrypt_batches(
-            [(t, col, [items[i].value for i in idxs]) for t, col, idxs in batches.values()], lock
+            [(t, col, [items[i].value for i in idxs]) for t, col, idxs in batches.values()], lc
         )
         out: list[dict[str, Any] | None | LockkitError] = [None] * len(items)
         for (_, _, idxs), results in zip(batches.values(), outs):
@@ -401,18 +419,21 @@ class Encryption:
         return out
 
     def _encrypt_batches(
-        self, batches: list[tuple[EncryptedTable, EncryptedColumn, list[Any]]], lock: Lock | None
+        self, batches: list[tuple[EncryptedTable, EncryptedColumn, list[Any]]], lc: LockContext | None
     ) -> list[list[dict[str, Any] | None | LockkitError]]:
         """Encrypt ``(table, column, values)`` batches with one key-service call in all.
         Returns, per batch, a payload, ``None`` (for ``None``) or an error per value."""
-        locked = lock is not None
+        locked = lc is not None
         requests: list[KeyRequest] = []
-        live = [any(v is not None for v in values) for _, _, values in batches]
-        for (t, col, values), has_values in zip(batches, live):
-            if has_values:
-                requests.append(KeyRequest(t.table_name, col.name, "encrypt", count=len(values), locked=locked))
-                if col.searchable:
-                    requests.append(KeyRequest(t.table_name, col.name, "index", count=len(values), locked=locked))
+        counts = [sum(1 for v in values if v is not None) for _, _, values in batches]
+        for (t, col, values), n in zip(batches, counts):
+            if n:
+                requests.append(KeyRequest(t.table_name, col.name, "encrypt", count=n, locked=locked))
+                if col.searchable:  # terms for the same values: part of the encrypt event (count 0)
+                    requests.append(KeyRequest(t.table_name, col.name, "index", count=0, locked=locked,
+                                               operation="encrypt"))
+        lock = self._acquire(lc, requests) if requests else None
+        live = [n > 0 for n in counts]
         keys = iter(self._release(lock, requests) if requests else [])
         lc_names = lock.claim_names if lock else None
         keyset = self.keyset
@@ -514,11 +535,12 @@ class Encryption:
                 g.append((i, raw))
         if not groups:
             return out
-        lock = _lock_for(lc) if need_lock else None
         requests = [
-            KeyRequest(t, c, "decrypt", key_id=kid, count=len(ix), locked=plc is not None)
+            KeyRequest(t, c, "decrypt", key_id=kid, count=len(ix), locked=plc is not None,
+                       probe=(b"".join([raw[:12] for _, raw in ix]), b"".join([raw[12:16] for _, raw in ix])))
             for (t, c, kid, plc), ix in groups.items()
         ]
+        lock = self._acquire(lc, requests) if need_lock else None
         keys = self._release(lock, requests)
         decode_value = pl.decode_value
         compare = hmac.compare_digest
@@ -535,11 +557,10 @@ class Encryption:
             checks = key.key_checks(b"".join([raw[:12] for _, raw in members]), n)
             for j, (i, raw) in enumerate(members):
                 if not compare(checks[16 * j : 16 * j + 4], raw[12:16]):
-                    out[i] = DecryptionError(
+                    out[i] = DecryptionError(  # the key service audited these as denied
                         "this value is locked to another identity" if plc is not None else
                         "this value was encrypted under other keys (another workspace or keyring?)"
                     )
-                    refused += 1
                     continue
                 try:
                     plain = dec(raw[:12], raw[16:], aad)
@@ -559,7 +580,7 @@ class Encryption:
                     out[i] = err
             if refused:
                 denials.append((KeyRequest(tn, cn, "decrypt", key_id=kid, count=refused, locked=plc is not None),
-                                "locked to another identity, or tampered"))
+                                "the payload was tampered with"))
         if denials:
             self._report_denials(lock, denials)
         return out
@@ -573,7 +594,7 @@ class Encryption:
             report(keyset=self.keyset, lock=lock, requests=[req], reason=reason)
 
     def _encrypt_models(
-        self, models: list[Mapping[str, Any]], table: EncryptedTable, lock: Lock | None
+        self, models: list[Mapping[str, Any]], table: EncryptedTable, lc: LockContext | None
     ) -> list[dict[str, Any]]:
         items: list[_Item] = []
         slots: list[tuple[int, str]] = []
@@ -584,7 +605,7 @@ class Encryption:
                 if field in model:
                     items.append(_Item(table, col, model[field]))
                     slots.append((m_i, field))
-        outs = self._encrypt_items(items, lock)
+        outs = self._encrypt_items(items, lc)
         result = [dict(m) for m in models]
         for (m_i, field), o in zip(slots, outs):
             if isinstance(o, LockkitError):

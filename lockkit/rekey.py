@@ -186,7 +186,7 @@ def rekey_local(
         if res.failure is not None:
             err = res.failure.to_error()
             raise type(err)(f"rekey: a payload of {_where(old)} did not open: {err.message}")
-        table = client._table(old["i"]["t"])  # noqa: SLF001  (the client's own schema lookup)
+        table = client.table(old["i"]["t"])
         field = _field_of(table, old["i"]["c"])
         groups.setdefault((table.table_name, "lc" in old), []).append((i, field, res.data))
     for (table_name, locked), members in groups.items():

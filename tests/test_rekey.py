@@ -153,7 +153,7 @@ def assert_all_decrypt(app: Flask, made: dict[str, dict[int, tuple[str, str, lis
     finds all of them."""
     for sub, notes in made.items():
         s = store(app, sub)
-        listed: Any = s.list()  # (NoteStore.list shadows `list` in its own annotations, for mypy)
+        listed: Any = s.all_notes()
         got = {n.id: (n.title, n.body, n.tags) for n in listed}
         assert got == notes, f"{sub}'s notes differ after the rekey"
         assert {n.id for n in s.by_tag("shared")} == set(notes)

@@ -127,7 +127,7 @@ class NoteStore:
             notes.append(Note(r[0], m["title"], m["body"], note_tags, r[3], r[4]))
         return notes
 
-    def list(self) -> list[Note]:
+    def all_notes(self) -> list[Note]:
         return self._open(self._rows())
 
     def get(self, note_id: int) -> Note | None:

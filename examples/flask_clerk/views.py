@@ -53,7 +53,7 @@ def clerk_js_url(publishable_key: str) -> str:
 def index() -> Any:
     if current_claims() is None:
         return render_template("landing.html")
-    return _list_page(store().list(), heading="Your notes")
+    return _list_page(store().all_notes(), heading="Your notes")
 
 
 def _list_page(notes: list[Any], heading: str, **extra: Any) -> Any:
@@ -191,7 +191,7 @@ def _pretty(row: dict[str, Any]) -> str:
 @bp.get("/api/notes")
 @lock_context_required
 def api_notes() -> Any:
-    return jsonify(notes=[{"id": n.id, "title": n.title, "body": n.body, "tags": n.tags} for n in store().list()])
+    return jsonify(notes=[{"id": n.id, "title": n.title, "body": n.body, "tags": n.tags} for n in store().all_notes()])
 
 
 @bp.get("/api/notes/<int:note_id>")

@@ -14,6 +14,7 @@ The contract (what the encryption client relies on, whatever the backend):
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
@@ -46,6 +47,11 @@ class KeyRequest:
     count: int = 1
     #: bind the key to the lock's identity (False: a value encrypted without a lock context)
     locked: bool = True
+    #: the audit label when it differs from the purpose's (index keys used while encrypting)
+    operation: str = ""
+    #: for ``decrypt``: the payloads' nonces and key checks (concatenated). The key service
+    #: releases the key only if it opens at least one of them, and audits how many it opens.
+    probe: tuple[bytes, bytes] | None = None
 
 
 class ColumnKey:
@@ -88,6 +94,31 @@ class ColumnKey:
 
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("ColumnKey holds key material and cannot be pickled")
+
+
+def probe(key: ColumnKey, req: KeyRequest) -> int:
+    """How many of the payloads in ``req.probe`` ``key`` opens (by their key checks)."""
+    if req.probe is None:
+        return req.count
+    nonces, checks = req.probe
+    n = len(nonces) // 12
+    mine = key.key_checks(nonces, n)
+    return sum(1 for j in range(n) if hmac.compare_digest(mine[16 * j : 16 * j + 4], checks[4 * j : 4 * j + 4]))
+
+
+def screen(key: ColumnKey, req: KeyRequest) -> tuple[ColumnKey | LockkitError, int, int]:
+    """``(what to release, values it opens, values it does not)`` for a request with a probe."""
+    n = req.count if req.probe is None else len(req.probe[0]) // 12
+    opened = probe(key, req)
+    if req.probe is None and req.count == 0:  # a key that rides along another request's event
+        return key, 0, 0
+    if req.probe is not None and opened == 0:
+        from ..errors import DecryptionError
+
+        why = "this value is locked to another identity" if req.locked else (
+            "this value was encrypted under other keys (another workspace or keyring?)")
+        return DecryptionError(why), 0, n
+    return key, opened, n - opened
 
 
 class KeyService(Protocol):

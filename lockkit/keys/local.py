@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from ..audit import AuditError, Auditor, record_release
 from ..errors import DecryptionError, LockContextError, LockkitError
 from ..oidc import Claims
-from . import ColumnKey, KeyRequest, Lock
+from . import ColumnKey, KeyRequest, Lock, screen
 from .keyring import Keyring, canonical
 
 
@@ -82,6 +83,8 @@ class LocalKeyService:
             self.release_calls += 1
             self.last_subject = subject
         out: list[ColumnKey | LockkitError] = []
+        grants: list[KeyRequest] = []
+        denials: list[tuple[KeyRequest, str]] = []
         memo: dict[tuple[str, str, str, str | None, bool], ColumnKey | LockkitError] = {}
         for req in requests:
             if req.locked and binding is None:
@@ -90,10 +93,19 @@ class LocalKeyService:
             got = memo.get(memo_key)
             if got is None:
                 got = memo[memo_key] = self._derive(keyset, binding if req.locked else None, req)
-            out.append(got)
+            if isinstance(got, LockkitError):
+                out.append(got)
+                denials.append((req, got.message))
+                continue
+            released, opened, refused = screen(got, req)  # release only keys that open something
+            out.append(released)
+            if opened:
+                grants.append(replace(req, count=opened))
+            if refused:
+                denials.append((replace(req, count=refused), "locked to another identity, or other keys"))
         if self.auditor is not None:
             record_release(self.auditor, workspace=self.workspace_crn, keyset=keyset, backend="local",
-                           requests=requests, results=out, subject=subject, namespace=namespace, now=now)
+                           grants=grants, denials=denials, subject=subject, namespace=namespace, now=now)
         return out
 
     def report_denial(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest], reason: str,

@@ -25,11 +25,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import requests
@@ -50,7 +52,7 @@ from ..errors import (
 )
 from ..identity import EXPIRED_MESSAGE, CtsToken
 from ..oidc import IssuerRouter, TokenVerifier
-from . import ColumnKey, KeyRequest, Lock
+from . import ColumnKey, KeyRequest, Lock, screen
 from .keyring import canonical
 
 TOKEN_PREFIX = "lkbao1."
@@ -71,6 +73,19 @@ def key_name(config: OpenBaoConfig, sub: str) -> str:
             "this subject cannot name an OpenBao key under the plain JWT role; use the CEL role (login='cel')"
         )
     return config.key_prefix + sub
+
+
+def subject_of(config: OpenBaoConfig, key: str) -> str | None:
+    """The subject a key name belongs to (inverse of :func:`key_name`), or ``None``."""
+    if not key.startswith(config.key_prefix):
+        return None
+    rest = key[len(config.key_prefix):]
+    if config.login != "cel":
+        return rest or None
+    try:
+        return bytes.fromhex(rest).decode() or None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 class BaoError(Exception):
@@ -245,7 +260,12 @@ class OpenBaoKeyService:
         try:
             if lock.token.is_expired(now):
                 raise LockContextError(EXPIRED_MESSAGE)
-            bao, key, sub = decode_token(lock.token.access_token)
+            bao, key, claimed = decode_token(lock.token.access_token)
+            # the subject is the one OpenBao binds the token to: the key name's identity (the
+            # "s" field is only a convenience and must agree)
+            sub = subject_of(self.config, key)
+            if sub is None or not hmac.compare_digest(sub.encode(), claimed.encode()):
+                raise LockContextError("CTS token rejected: its subject does not match its key")
         except LockContextError as err:
             self._audit_denial(keyset, requests, None, err.message, now)
             raise
@@ -281,30 +301,45 @@ class OpenBaoKeyService:
                 for i, m in zip(idx, materials):
                     out[i] = ColumnKey("index", m)
         except BaoUnavailable as err:
-            self._audit_denial(keyset, requests, sub, "key service unavailable", now)
+            self._audit_denial(keyset, requests, None, "key service unavailable", now)
             raise err_cls(f"the key service is unavailable: {err}") from err
         except BaoError as err:
             if err.status == 403:
-                self._audit_denial(keyset, requests, sub, "OpenBao refused the token (403)", now)
+                self._audit_denial(keyset, requests, None, "OpenBao refused the token (403)", now)
                 raise LockContextError(
                     "OpenBao refused this identity's token for the key (expired, revoked, or another "
                     "user's key): call identify again"
                 ) from err
-            self._audit_denial(keyset, requests, sub, f"OpenBao refused the request ({err.status})", now)
+            self._audit_denial(keyset, requests, None, f"OpenBao refused the request ({err.status})", now)
             raise err_cls(f"OpenBao refused the request ({err.status}: {'; '.join(err.errors)[:200]})") from err
-        results = [o if o is not None else err_cls("no key released") for o in out]
+        results: list[ColumnKey | LockkitError] = []
+        grants: list[KeyRequest] = []
+        denials: list[tuple[KeyRequest, str]] = []
+        for req, o in zip(requests, out):
+            if o is None:
+                o = err_cls("no key released")
+            if isinstance(o, LockkitError):
+                results.append(o)
+                denials.append((req, o.message))
+                continue
+            released, opened, refused = screen(o, req)  # release only keys that open something
+            results.append(released)
+            if opened:
+                grants.append(replace(req, count=opened))
+            if refused:
+                denials.append((replace(req, count=refused), "locked to another identity"))
         if self.auditor is not None:
             record_release(self.auditor, workspace=self.workspace_crn, keyset=keyset, backend="openbao",
-                           requests=requests, results=results, subject=sub, namespace=None, now=now)
+                           grants=grants, denials=denials, subject=sub, namespace=None, now=now)
         return results
 
     def report_denial(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest], reason: str,
                       now: float | None = None) -> None:
         """Record that released keys did not open values (e.g. locked to another identity)."""
         sub = None
-        if lock is not None:
+        if lock is not None:  # a token OpenBao accepted in this batch: its key names the subject
             try:
-                sub = decode_token(lock.token.access_token)[2]
+                sub = subject_of(self.config, decode_token(lock.token.access_token)[1])
             except LockContextError:
                 pass
         self._audit_denial(keyset, requests, sub, reason, now)
