@@ -217,8 +217,7 @@ class Encryption:
 
         def run(lc: LockContext | None) -> list[Result[dict[str, Any] | None]]:
             t = self._table(table)
-            col = t.column(column)
-            outs = self._encrypt_items([_Item(t, col, v) for v in values], lc)
+            outs = self._encrypt_batches([(t, t.column(column), values)], lc)[0]
             return [_as_result(o) for o in outs]
         return Operation(run, lock_context)
 
@@ -553,8 +552,9 @@ class Encryption:
                 continue
             dec = key.aead().decrypt
             aad = self._aad(tn, cn, key.aad_id, plc)
-            n = len(members)
-            checks = key.key_checks(b"".join([raw[:12] for _, raw in members]), n)
+            # every value's key check, in one call: the check bytes are not covered by the AEAD,
+            # so they are verified here (a flipped check bit must fail too)
+            checks = key.key_checks(b"".join([raw[:12] for _, raw in members]), len(members))
             for j, (i, raw) in enumerate(members):
                 if not compare(checks[16 * j : 16 * j + 4], raw[12:16]):
                     out[i] = DecryptionError(  # the key service audited these as denied

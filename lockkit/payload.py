@@ -10,7 +10,8 @@ A payload is a JSON-serialisable dict::
 
 The AEAD is AES-256-GCM-SIV (RFC 8452) under the column key with a random 96-bit nonce; per
 RFC 8452 each nonce derives a fresh record-encryption key, so every value has its own key. The
-header (version, workspace, keyset, table, column, key id, lock claim names) is associated data
+header (version, workspace, keyset, table, column, key id, lock claim names) is associated data,
+as a 16-byte SHA-256 digest
 (for OpenBao payloads the key-id slot holds the constant ``"openbao"``: the wrapped data key in
 ``kid`` changes when OpenBao re-wraps it, and the data key is bound by derivation anyway):
 a payload moved to another column, table, keyset, workspace or identity does not open. The
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import datetime as dt
 import json
 import math
@@ -114,8 +116,11 @@ def index_bytes(kind: str, value: Any, where: str) -> bytes:
 def associated_data(
     workspace_crn: str, keyset: str, table: str, column: str, kid: str, lc: list[str] | None
 ) -> bytes:
-    """The authenticated header of a payload."""
-    return b"lockkit/payload/v1\x00" + canonical([workspace_crn, keyset, table, column, kid, lc])
+    """The authenticated header of a payload: the first 16 bytes of SHA-256 over the canonical
+    header. (AES-GCM-SIV's cost grows with the associated data's length; a digest keeps it
+    short and still binds every header field.)"""
+    header = b"lockkit/payload/v1\x00" + canonical([workspace_crn, keyset, table, column, kid, lc])
+    return hashlib.sha256(header).digest()[:16]
 
 
 def is_payload(obj: Any) -> bool:
