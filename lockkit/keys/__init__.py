@@ -15,8 +15,9 @@ The contract (what the encryption client relies on, whatever the backend):
 from __future__ import annotations
 
 import hmac
+import threading
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
@@ -62,7 +63,7 @@ class ColumnKey:
     The cipher objects are built once per key and reused (key services cache keys).
     """
 
-    __slots__ = ("key_id", "material", "aad_id", "_aead", "_check")
+    __slots__ = ("key_id", "material", "aad_id", "_aead", "_check", "_mutex")
 
     def __init__(self, key_id: str, material: bytes, aad_id: str | None = None) -> None:
         self.key_id = key_id
@@ -72,7 +73,8 @@ class ColumnKey:
         #: plaintext) leaves payloads decryptable; the data key is bound by derivation anyway.
         self.aad_id = key_id if aad_id is None else aad_id
         self._aead: AESGCMSIV | None = None
-        self._check: Cipher[modes.ECB] | None = None
+        self._check: Any = None  # one ECB encryptor, reused (ECB keeps no state between blocks)
+        self._mutex = threading.Lock()
 
     def aead(self) -> AESGCMSIV:
         """AES-256-GCM-SIV under the data key."""
@@ -83,11 +85,11 @@ class ColumnKey:
     def key_checks(self, nonces: bytes, n: int) -> bytes:
         """AES-256 of ``nonce | 0^32`` for each of ``n`` 12-byte nonces, in one call under the
         check key; bytes ``16*j .. 16*j+4`` are value ``j``'s key check."""
-        if self._check is None:
-            self._check = Cipher(algorithms.AES(self.material[32:64]), modes.ECB())
         blocks = b"".join([nonces[k : k + 12] + _ZERO4 for k in range(0, 12 * n, 12)])
-        enc = self._check.encryptor()
-        return enc.update(blocks) + enc.finalize()
+        with self._mutex:
+            if self._check is None:
+                self._check = Cipher(algorithms.AES(self.material[32:64]), modes.ECB()).encryptor()
+            return bytes(self._check.update(blocks))
 
     def __repr__(self) -> str:
         return f"ColumnKey(key_id={self.key_id!r}, material=<redacted>)"

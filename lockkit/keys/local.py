@@ -50,7 +50,7 @@ class LocalKeyService:
     def __init__(self, keyring: Keyring, verifier: Any, *, cache_size: int = 4096, auditor: Auditor | None = None) -> None:
         self.workspace_crn = keyring.workspace_crn
         self.auditor = auditor
-        self._cache: OrderedDict[tuple[int | None, bytes], ColumnKey] = OrderedDict()
+        self._cache: OrderedDict[tuple[int | None, tuple[str, str, str, bytes]], ColumnKey] = OrderedDict()
         self._cache_size = cache_size
         self._keyring = keyring
         self._verifier = verifier
@@ -86,13 +86,15 @@ class LocalKeyService:
         grants: list[KeyRequest] = []
         denials: list[tuple[KeyRequest, str]] = []
         memo: dict[tuple[str, str, str, str | None, bool], ColumnKey | LockkitError] = {}
+        bound = canonical(binding)  # once per batch: part of every derived key's cache key
         for req in requests:
             if req.locked and binding is None:
                 raise LockContextError("a locked key was requested without a lock context")
             memo_key = (req.purpose, req.table, req.column, req.key_id, req.locked)
             got = memo.get(memo_key)
             if got is None:
-                got = memo[memo_key] = self._derive(keyset, binding if req.locked else None, req)
+                got = memo[memo_key] = self._derive(keyset, binding if req.locked else None, req,
+                                                    bound if req.locked else b"null")
             if isinstance(got, LockkitError):
                 out.append(got)
                 denials.append((req, got.message))
@@ -100,7 +102,7 @@ class LocalKeyService:
             released, opened, refused = screen(got, req)  # release only keys that open something
             out.append(released)
             if opened:
-                grants.append(replace(req, count=opened))
+                grants.append(req if opened == req.count else replace(req, count=opened))
             if refused:
                 denials.append((replace(req, count=refused), "locked to another identity, or other keys"))
         if self.auditor is not None:
@@ -132,9 +134,10 @@ class LocalKeyService:
         except AuditError:
             pass  # the operation is refused anyway; the sink's failure is logged by the auditor
 
-    def _derive(self, keyset: str, binding: list[Any] | None, req: KeyRequest) -> ColumnKey | LockkitError:
+    def _derive(self, keyset: str, binding: list[Any] | None, req: KeyRequest, bound: bytes) -> ColumnKey | LockkitError:
         if req.purpose == "index":
-            return self._cached(None, ["index", self.workspace_crn, keyset, req.table, req.column, binding], "index")
+            return self._cached(None, ["index", self.workspace_crn, keyset, req.table, req.column, binding], "index",
+                                (keyset, req.table, req.column, bound))
         if req.purpose == "encrypt":
             version = self._keyring.primary
         else:
@@ -147,13 +150,14 @@ class LocalKeyService:
                     f"key version {version} is not in this keyring (was it removed, or is this "
                     "another workspace's payload?)"
                 )
-        return self._cached(version, ["data", self.workspace_crn, keyset, req.table, req.column, binding], str(version))
+        return self._cached(version, ["data", self.workspace_crn, keyset, req.table, req.column, binding], str(version),
+                            (keyset, req.table, req.column, bound))
 
-    def _cached(self, version: int | None, label: list[Any], key_id: str) -> ColumnKey:
-        """Derived keys are cached (bounded LRU) by version and label. The label holds the
-        identity's claim values, which only ever come from a verified CTS token, so a cache
-        hit never skips the token check."""
-        cache_key = (version, canonical(label))
+    def _cached(self, version: int | None, label: list[Any], key_id: str, scope: tuple[str, str, str, bytes]) -> ColumnKey:
+        """Derived keys are cached (bounded LRU) by version and scope (keyset, table, column,
+        canonical identity binding). The binding holds the identity's claim values, which only
+        ever come from a verified CTS token, so a cache hit never skips the token check."""
+        cache_key = (version, scope)
         with self._lock:
             got = self._cache.get(cache_key)
             if got is not None:
