@@ -63,7 +63,7 @@ class ColumnKey:
     The cipher objects are built once per key and reused (key services cache keys).
     """
 
-    __slots__ = ("key_id", "material", "aad_id", "_aead", "_check", "_mutex")
+    __slots__ = ("key_id", "material", "aad_id", "opened", "_aead", "_check", "_mutex")
 
     def __init__(self, key_id: str, material: bytes, aad_id: str | None = None) -> None:
         self.key_id = key_id
@@ -72,9 +72,19 @@ class ColumnKey:
         #: OpenBao keys use a constant, so that re-wrapping a data key (a rekey that never sees
         #: plaintext) leaves payloads decryptable; the data key is bound by derivation anyway.
         self.aad_id = key_id if aad_id is None else aad_id
+        #: for a key released against a probe: one byte per probed payload, 1 if its key check
+        #: matched (the client then need not recompute them)
+        self.opened: bytes | None = None
         self._aead: AESGCMSIV | None = None
         self._check: Any = None  # one ECB encryptor, reused (ECB keeps no state between blocks)
         self._mutex = threading.Lock()
+
+    def with_opened(self, opened: bytes) -> ColumnKey:
+        """This key (sharing its cipher objects) carrying a probe's result."""
+        view = ColumnKey(self.key_id, self.material, self.aad_id)
+        view._aead, view._check, view._mutex = self.aead(), self._check, self._mutex
+        view.opened = opened
+        return view
 
     def aead(self) -> AESGCMSIV:
         """AES-256-GCM-SIV under the data key."""
@@ -98,29 +108,25 @@ class ColumnKey:
         raise TypeError("ColumnKey holds key material and cannot be pickled")
 
 
-def probe(key: ColumnKey, req: KeyRequest) -> int:
-    """How many of the payloads in ``req.probe`` ``key`` opens (by their key checks)."""
+def screen(key: ColumnKey, req: KeyRequest) -> tuple[ColumnKey | LockkitError, int, int]:
+    """``(what to release, values it opens, values it does not)``. For a request with a
+    probe, the key is released only if it opens at least one payload (by key check), and the
+    released key says which (``opened``)."""
     if req.probe is None:
-        return req.count
+        return key, req.count, 0
     nonces, checks = req.probe
     n = len(nonces) // 12
     mine = key.key_checks(nonces, n)
-    return sum(1 for j in range(n) if hmac.compare_digest(mine[16 * j : 16 * j + 4], checks[4 * j : 4 * j + 4]))
-
-
-def screen(key: ColumnKey, req: KeyRequest) -> tuple[ColumnKey | LockkitError, int, int]:
-    """``(what to release, values it opens, values it does not)`` for a request with a probe."""
-    n = req.count if req.probe is None else len(req.probe[0]) // 12
-    opened = probe(key, req)
-    if req.probe is None and req.count == 0:  # a key that rides along another request's event
-        return key, 0, 0
-    if req.probe is not None and opened == 0:
+    compare = hmac.compare_digest
+    opened = bytes([compare(mine[16 * j : 16 * j + 4], checks[4 * j : 4 * j + 4]) for j in range(n)])
+    count = sum(opened)
+    if count == 0:
         from ..errors import DecryptionError
 
         why = "this value is locked to another identity" if req.locked else (
             "this value was encrypted under other keys (another workspace or keyring?)")
         return DecryptionError(why), 0, n
-    return key, opened, n - opened
+    return key.with_opened(opened), count, n - count
 
 
 class KeyService(Protocol):
