@@ -392,8 +392,8 @@ class Encryption:
         key = (tn, cn, kid, lc)
         aad = self._aad_cache.get(key)
         if aad is None:
-            if len(self._aad_cache) > 4096:
-                self._aad_cache.clear()
+            if len(self._aad_cache) >= 4096:  # bounded: drop the oldest entry (dicts keep order)
+                self._aad_cache.pop(next(iter(self._aad_cache)))
             aad = self._aad_cache[key] = pl.associated_data(
                 self.workspace_crn, self.keyset, tn, cn, kid, list(lc) if lc else None
             )

@@ -105,7 +105,12 @@ class OpenBaoHTTP:
     def __init__(self, config: OpenBaoConfig, *, session: requests.Session | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
-        self._session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # OpenBao is addressed explicitly (LOCKKIT_OPENBAO_ADDR, LOCKKIT_OPENBAO_CA_CERT): do
+            # not consult proxy or CA-bundle variables on every call (it also costs ~1 ms)
+            session.trust_env = False
+        self._session = session
         if config.ca_cert:
             self._session.verify = config.ca_cert
         self._sleep = sleep
