@@ -646,6 +646,8 @@ class Encryption:
 
 _Parsed = tuple[str, str, str, str, "tuple[str, ...] | None", bytes]
 _a2b = binascii.a2b_base64
+_PAYLOAD_KEYS = pl.PAYLOAD_KEYS
+_MIN_RAW = pl.MIN_RAW
 
 
 _LC_SEEN: dict[tuple[Any, ...], bool] = {}
@@ -675,7 +677,7 @@ def _parse(obj: Any) -> _Parsed | LockkitError:
     if type(obj) is dict:
         try:
             v, i = obj["v"], obj["i"]
-            if type(v) is int and v == 1 and obj["k"] == "ct" and obj.keys() <= pl.PAYLOAD_KEYS and type(i) is dict:
+            if type(v) is int and v == 1 and obj["k"] == "ct" and obj.keys() <= _PAYLOAD_KEYS and type(i) is dict:
                 t, c, ks, kid, cc, lc = i["t"], i["c"], obj["ks"], obj["kid"], obj["c"], obj.get("lc")
                 lct = None if lc is None else _claim_names(lc)
                 if (
@@ -683,7 +685,7 @@ def _parse(obj: Any) -> _Parsed | LockkitError:
                     and type(kid) is str and type(cc) is str and (lc is None or lct is not None)
                 ):
                     raw = _a2b(cc, strict_mode=True)
-                    if len(raw) >= pl.MIN_RAW:
+                    if len(raw) >= _MIN_RAW:
                         return (t, c, ks, kid, lct, raw)
         except (KeyError, TypeError, ValueError, binascii.Error):
             pass
