@@ -32,6 +32,8 @@ from common import machine_info, print_machine  # noqa: E402
 BENCHMARKS: dict[str, str] = {
     "core": "bench_core",
     "openbao": "bench_openbao",
+    "requests": "bench_requests",
+    "load": "bench_load",
 }
 
 
