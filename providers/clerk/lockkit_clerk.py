@@ -420,7 +420,7 @@ class ClerkProvider(IdentityProvider):
                     "JWT template tokens are not accepted: send the session token",
                     detail="cat is the JWT-template category",
                 )
-            if cat not in _SESSION_CATEGORIES:
+            if not isinstance(cat, str) or cat not in _SESSION_CATEGORIES:
                 raise InvalidCredentialError(
                     "token is not a Clerk session token", detail=f"unknown cat {_show(cat)}"
                 )

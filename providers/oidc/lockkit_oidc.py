@@ -140,6 +140,8 @@ def _number(config: Mapping[str, Any], name: str, default: float) -> float:
 def _unverified_issuer(token: str) -> str | None:
     """The ``iss`` of a compact JWT, unverified: used only to leave other issuers' tokens to
     other providers (never to accept anything). ``None`` when it cannot be read."""
+    if not isinstance(token, str):
+        return None
     parts = token.split(".")
     if len(parts) != 3 or len(token) > 65536:
         return None
@@ -494,7 +496,7 @@ class OIDCProvider(IdentityProvider):
         if not has_request_context():
             return False
         got = bearer_token(request)
-        return got is not None and secrets.compare_digest(got.encode(), token.encode())
+        return got is not None and isinstance(token, str) and secrets.compare_digest(got.encode(), token.encode())
 
     # -- the request's token -------------------------------------------------------------
     def token_from_request(self, request: RequestLike) -> str | None:

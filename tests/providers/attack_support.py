@@ -512,29 +512,9 @@ ATTACKS_BY_ID: dict[str, Attack] = {a.id: a for a in ATTACKS}
 assert len(ATTACKS_BY_ID) == len(ATTACKS), "attack ids must be unique"
 
 #: (provider, attack id) -> (reason, the exception raised instead of an IdentityError).
-#: Each is a strict xfail: the test starts failing (XPASS) once the provider is fixed.
-KNOWN_BUGS: dict[tuple[str, str], tuple[str, tuple[type[BaseException], ...]]] = {
-    **{
-        (name, attack): (
-            "BUG: lockkit_clerk ClerkProvider._check_header tests `cat not in _SESSION_CATEGORIES` (a "
-            "frozenset) without checking the type: a validly signed token whose `cat` is a list or object "
-            "raises TypeError (unhashable) instead of InvalidCredentialError; a request gets 500, not 401",
-            (TypeError,),
-        )
-        for name in ("clerk-pem", "clerk-jwks")
-        for attack in ("cat-header-list", "cat-header-object")
-    },
-    **{
-        (name, attack): (
-            "BUG: lockkit_oidc OIDCProvider.verify/verify_id_token/verify_access_token call "
-            "_unverified_issuer(token) -> token.split('.') before any type check: a non-str token raises "
-            "TypeError/AttributeError instead of InvalidCredentialError('token is malformed') as the core does",
-            (TypeError, AttributeError),
-        )
-        for name in ("oidc", "auth0")
-        for attack in ("token-bytes", "token-none", "token-int")
-    },
-}
+#: Each is a strict xfail: the test starts failing (XPASS) once the provider is fixed. (The
+#: suite's first run found two, in lockkit-clerk and lockkit-oidc; both are fixed.)
+KNOWN_BUGS: dict[tuple[str, str], tuple[str, tuple[type[BaseException], ...]]] = {}
 
 
 # --------------------------------------------------------------------------- a JWKS server
