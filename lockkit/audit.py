@@ -238,6 +238,9 @@ class AuditLog:
         self._thread_lock = threading.Lock()
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        # the head as last read or written, with the head file's identity: re-read (and its MAC
+        # re-checked) only when another writer or process has replaced the file
+        self._head_cache: tuple[tuple[int, int, int], tuple[int, str, int]] | None = None
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r})"
@@ -271,6 +274,12 @@ class AuditLog:
         :raises AuditError: the head is missing while the log has entries, or is not genuine.
         """
         try:
+            st = os.stat(self.head_path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and self._head_cache is not None and self._head_cache[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return self._head_cache[1]
+        try:
             head = json.loads(self.head_path.read_text())
         except FileNotFoundError:
             if self.path.exists() and self.path.stat().st_size > 0:
@@ -283,6 +292,8 @@ class AuditLog:
             str(head.get("mac")), self._head_mac(seq, digest, size)
         ):
             raise AuditError(f"audit head {self.head_path} fails its MAC; run `lockkit audit verify`")
+        if st is not None:
+            self._head_cache = ((st.st_ino, st.st_size, st.st_mtime_ns), (seq, digest, size))
         return seq, digest, size
 
     def write(self, events: Sequence[AuditEvent]) -> None:
@@ -326,7 +337,10 @@ class AuditLog:
                     if self.fsync:
                         os.fsync(fh.fileno())
                 os.replace(tmp, self.head_path)
+                st = os.stat(self.head_path)
+                self._head_cache = ((st.st_ino, st.st_size, st.st_mtime_ns), (seq, prev, new_size))
             except BaseException:
+                self._head_cache = None
                 try:  # roll back: the entries were never committed (the release is refused)
                     if self.path.exists() and self.path.stat().st_size > size:
                         os.truncate(self.path, size)

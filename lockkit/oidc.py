@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
@@ -637,10 +639,19 @@ class OIDCVerifier:
     :param session: optional ``requests.Session`` for the JWKS fetches.
     """
 
-    def __init__(self, config: IssuerConfig, *, session: requests.Session | None = None) -> None:
+    def __init__(
+        self, config: IssuerConfig, *, session: requests.Session | None = None, verified_cache_ttl: float = 30.0
+    ) -> None:
         self.config = config
         self.issuer = config.issuer
         self.namespace = config.identity_namespace
+        # Verified claims are remembered briefly (by the token's SHA-256) so a web app does not
+        # re-check the same token's signature on every request; time claims are re-checked on
+        # every hit. Trade-off: a signing key the issuer withdraws stays trusted for tokens seen
+        # in the last ``verified_cache_ttl`` seconds (the JWKS cache already keeps keys longer).
+        self._verified: OrderedDict[bytes, tuple[Claims, float]] = OrderedDict()
+        self._verified_ttl = verified_cache_ttl
+        self._verified_lock = threading.Lock()
         self.jwks: JWKSCache | None = None
         self._keys: _KeySource
         if config.jwks_uri is not None:
@@ -674,6 +685,13 @@ class OIDCVerifier:
         """
         now = time.time() if now is None else now
         config = self.config
+        digest = hashlib.sha256(token.encode()).digest() if isinstance(token, str) and self._verified_ttl > 0 else None
+        if digest is not None:
+            with self._verified_lock:
+                hit = self._verified.get(digest)
+            if hit is not None and now < hit[1]:
+                self._check_claims(hit[0], now)  # expiry, nbf and iat against this request's clock
+                return dict(hit[0])
         header, unverified = _split_token(token, config.max_token_bytes)
         iss = unverified.get("iss")
         if not isinstance(iss, str) or not iss:
@@ -708,6 +726,11 @@ class OIDCVerifier:
             ) from err
         claims: Claims = decoded["payload"]
         self._check_claims(claims, now)
+        if digest is not None:
+            with self._verified_lock:
+                self._verified[digest] = (dict(claims), now + self._verified_ttl)
+                while len(self._verified) > 4096:
+                    self._verified.popitem(last=False)
         return claims
 
     def _check_claims(self, claims: Claims, now: float) -> None:

@@ -209,6 +209,9 @@ def _request_state() -> SimpleNamespace:
 def _authenticate() -> None:
     """Before each request: find and verify the identity token; keep the session's CTS
     token in step with it. Decisions come only from verified tokens."""
+    endpoint = request.endpoint or ""
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return  # static files never need an identity
     state = get_state()
     ns = _request_state()
     now = state.clock()

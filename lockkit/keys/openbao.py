@@ -245,6 +245,7 @@ class OpenBaoKeyService:
         self.http = http or OpenBaoHTTP(config)
         self._lock = threading.Lock()
         self._deks: OrderedDict[tuple[bytes, str], tuple[bytes, float]] = OrderedDict()
+        self._column_keys: OrderedDict[tuple[bytes, str, str, str, str], tuple[ColumnKey, float]] = OrderedDict()
         self._dek_cache_size = 10000
         self.release_calls = 0
         self.transit_calls = 0
@@ -299,7 +300,8 @@ class OpenBaoKeyService:
                     elif isinstance(got, LockkitError):
                         out[i] = got
                     else:
-                        out[i] = self._column_key(wrapped, got, keyset, requests[i], key)
+                        out[i] = self._cached_column_key(token_id, wrapped, got, keyset, requests[i], key,
+                                                         min(now + self.config.dek_cache_ttl, lock.token.expiry), now)
             idx = [i for i, r in enumerate(requests) if r.purpose == "index" and live[i]]
             if idx:
                 materials = self._index_keys(bao, key, keyset, [requests[i] for i in idx])
@@ -459,6 +461,23 @@ class OpenBaoKeyService:
             out.append(HKDF(hashes.SHA256(), 64, b"lockkit/openbao/index", label).derive(secret))
         return out
 
+    def _cached_column_key(self, token_id: bytes, wrapped: str, dek: bytes, keyset: str, req: KeyRequest, key: str,
+                           expires: float, now: float) -> ColumnKey:
+        """Column keys of unwrapped data keys, cached like the data keys: per token (a hit
+        still needs that subject's live token) and never past the data key's cache expiry."""
+        ck = (token_id, wrapped, keyset, req.table, req.column)
+        with self._lock:
+            hit = self._column_keys.get(ck)
+            if hit is not None and hit[1] > now:
+                self.derivations += 1
+                return hit[0]
+        made = self._column_key(wrapped, dek, keyset, req, key)
+        with self._lock:
+            self._column_keys[ck] = (made, expires)
+            while len(self._column_keys) > self._dek_cache_size:
+                self._column_keys.popitem(last=False)
+        return made
+
     def _column_key(self, wrapped: str, dek: bytes, keyset: str, req: KeyRequest, key: str) -> ColumnKey:
         self.derivations += 1
         label = canonical(["data", self.workspace_crn, keyset, req.table, req.column, key])
@@ -471,6 +490,8 @@ class OpenBaoKeyService:
         with self._lock:
             for k in [k for k in self._deks if k[0] == tid]:
                 del self._deks[k]
+            for ck in [ck for ck in self._column_keys if ck[0] == tid]:
+                del self._column_keys[ck]
 
     def __repr__(self) -> str:
         return f"OpenBaoKeyService(addr={self.config.addr!r})"
