@@ -1,9 +1,10 @@
-"""Benchmark dispatcher: ``python bench/run.py [NAME ...] [--quick] [--json PATH]``.
+"""Benchmark dispatcher: ``python bench/run.py [NAME ...] [--quick] [--json PATH] [--report PATH]``.
 
 With no NAME every registered benchmark runs, in order. ``--quick`` is a fast smoke run
 (fewer repetitions, smaller data); ``--json PATH`` also writes the raw results (machine,
-configuration, every sample). Benchmarks print numbers and ratios; none asserts anything
-about time, so a slow machine never fails this script.
+configuration, every sample); ``--report PATH`` also writes a Markdown report with charts
+(``bench/report.py``; ``make bench`` writes ``docs/benchmarks.md``). Benchmarks print numbers
+and ratios; none asserts anything about time, so a slow machine never fails this script.
 
 To add a benchmark: a module ``bench/bench_<name>.py`` with ``NAME``, ``DESCRIPTION``,
 ``run(*, quick: bool) -> dict`` (JSON-serialisable raw results) and ``report(results)``
@@ -34,6 +35,8 @@ BENCHMARKS: dict[str, str] = {
     "openbao": "bench_openbao",
     "requests": "bench_requests",
     "load": "bench_load",
+    "peers": "bench_peers",
+    "scaling": "bench_scaling",
 }
 
 
@@ -52,8 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="fast smoke run: fewer repetitions, less data")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results to PATH as JSON")
+    parser.add_argument("--report", metavar="PATH",
+                        help="also write a Markdown report to PATH, with chart PNGs beside it (bench/report.py)")
+    parser.add_argument("--raft", action="store_true", help="openbao: a single-node Raft server instead of a dev node")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
+    if args.raft:
+        os.environ["LOCKKIT_BENCH_OPENBAO"] = "raft"
 
     if args.list:
         for name, module_name in BENCHMARKS.items():
@@ -79,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1, default=_json_default)
         print(f"raw results written to {args.json}")
+    if args.report:
+        from report import write_report
+
+        # the report reads what --json would write (so a saved JSON gives the same report)
+        data = json.loads(json.dumps(out, default=_json_default))
+        for path in write_report(data, args.report):
+            print(f"report written: {path}")
     return 0
 
 
