@@ -391,7 +391,7 @@ def _check_steady(base: str, path: str, headers: Mapping[str, str]) -> None:
 
 # -- the benchmark --------------------------------------------------------------------------
 def run(*, quick: bool = False) -> dict[str, Any]:
-    from bench_openbao import _terminate_on_sigterm
+    from bench_openbao import terminate_on_sigterm
 
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -403,7 +403,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     bao = BaoAudited(tmp)
     servers: list[Gunicorn] = []
     left: list[int] = []
-    with _terminate_on_sigterm():
+    with terminate_on_sigterm():
         try:
             bao.start()
             results = _run(cfg, quick, tmp, wrk, bao, servers)

@@ -210,7 +210,7 @@ class BaoServer:
 
 
 @contextmanager
-def _terminate_on_sigterm() -> Iterator[None]:
+def terminate_on_sigterm() -> Iterator[None]:
     """While the server runs, SIGTERM unwinds (so ``finally`` stops the server)."""
     def handler(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -354,7 +354,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     values = make_emails(n)
     cpu_before = cpu_times()
     server = BaoServer(storage)
-    with _terminate_on_sigterm():
+    with terminate_on_sigterm():
         try:
             server.start()  # before any thread exists (preexec_fn)
             with LocalIssuer(audience=AUDIENCE) as idp:

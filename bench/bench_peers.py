@@ -250,7 +250,7 @@ def openbao_env(idp: Any, table: EncryptedTable, server: Any) -> Iterator[BaoEnv
 
 # -- the benchmark ------------------------------------------------------------------------
 def run(*, quick: bool = False) -> dict[str, Any]:
-    from bench_openbao import ENV_STORAGE, BaoServer, _terminate_on_sigterm
+    from bench_openbao import ENV_STORAGE, BaoServer, terminate_on_sigterm
 
     cfg = QUICK if quick else FULL
     storage = os.environ.get(ENV_STORAGE, "dev").strip().lower() or "dev"
@@ -264,7 +264,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         server = BaoServer(storage)
     except (RuntimeError, ValueError) as err:
         results["openbao"] = {"skipped": str(err)}
-    with _terminate_on_sigterm(), ExitStack() as stack:
+    with terminate_on_sigterm(), ExitStack() as stack:
         if server is not None:
             try:
                 server.start()  # before any thread exists (it uses preexec_fn)

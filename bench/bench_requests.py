@@ -346,13 +346,13 @@ def _check_json(label: str, got: Any, want: Any) -> None:
 
 # -- the benchmark --------------------------------------------------------------------------
 def run(*, quick: bool = False) -> dict[str, Any]:
-    from bench_openbao import BaoServer, _terminate_on_sigterm
+    from bench_openbao import BaoServer, terminate_on_sigterm
 
     cfg = QUICK if quick else FULL
     cpu_before = cpu_times()
     tmp = Path(tempfile.mkdtemp(prefix="lockkit-bench-requests-"))
     server = BaoServer("dev")
-    with _terminate_on_sigterm():
+    with terminate_on_sigterm():
         try:
             server.start()  # before any thread exists (preexec_fn)
             with hermetic(tmp):
