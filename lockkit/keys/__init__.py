@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -127,6 +127,29 @@ def screen(key: ColumnKey, req: KeyRequest) -> tuple[ColumnKey | LockkitError, i
             "this value was encrypted under other keys (another workspace or keyring?)")
         return DecryptionError(why), 0, n
     return key.with_opened(opened), count, n - count
+
+
+def screen_all(
+    requests: Sequence[KeyRequest], found: Sequence[ColumnKey | LockkitError]
+) -> tuple[list[ColumnKey | LockkitError], list[KeyRequest], list[tuple[KeyRequest, str]]]:
+    """Screen a batch's keys (see :func:`screen`): ``(what to release, the requests granted,
+    the requests denied with a reason)``, counts adjusted to the values each key opens. Both
+    backends run their keys through this before auditing and releasing them."""
+    out: list[ColumnKey | LockkitError] = []
+    grants: list[KeyRequest] = []
+    denials: list[tuple[KeyRequest, str]] = []
+    for req, got in zip(requests, found):
+        if isinstance(got, LockkitError):
+            out.append(got)
+            denials.append((req, got.message))
+            continue
+        released, opened, refused = screen(got, req)
+        out.append(released)
+        if opened:
+            grants.append(req if opened == req.count else replace(req, count=opened))
+        if refused:
+            denials.append((replace(req, count=refused), "locked to another identity"))
+    return out, grants, denials
 
 
 class KeyService(Protocol):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from ..audit import AuditError, Auditor, record_release
 from ..errors import DecryptionError, LockContextError, LockkitError
 from ..oidc import Claims
-from . import ColumnKey, KeyRequest, Lock, screen
+from . import ColumnKey, KeyRequest, Lock, screen_all
 from .keyring import Keyring, canonical
 
 
@@ -82,9 +81,7 @@ class LocalKeyService:
         with self._lock:
             self.release_calls += 1
             self.last_subject = subject
-        out: list[ColumnKey | LockkitError] = []
-        grants: list[KeyRequest] = []
-        denials: list[tuple[KeyRequest, str]] = []
+        found: list[ColumnKey | LockkitError] = []
         memo: dict[tuple[str, str, str, str | None, bool], ColumnKey | LockkitError] = {}
         bound = canonical(binding)  # once per batch: part of every derived key's cache key
         for req in requests:
@@ -95,16 +92,8 @@ class LocalKeyService:
             if got is None:
                 got = memo[memo_key] = self._derive(keyset, binding if req.locked else None, req,
                                                     bound if req.locked else b"null")
-            if isinstance(got, LockkitError):
-                out.append(got)
-                denials.append((req, got.message))
-                continue
-            released, opened, refused = screen(got, req)  # release only keys that open something
-            out.append(released)
-            if opened:
-                grants.append(req if opened == req.count else replace(req, count=opened))
-            if refused:
-                denials.append((replace(req, count=refused), "locked to another identity, or other keys"))
+            found.append(got)
+        out, grants, denials = screen_all(requests, found)  # release only keys that open something
         if self.auditor is not None:
             record_release(self.auditor, workspace=self.workspace_crn, keyset=keyset, backend="local",
                            grants=grants, denials=denials, subject=subject, namespace=namespace, now=now)

@@ -31,7 +31,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import requests
@@ -52,7 +51,7 @@ from ..errors import (
 )
 from ..identity import EXPIRED_MESSAGE, CtsToken
 from ..oidc import IssuerRouter, TokenVerifier
-from . import ColumnKey, KeyRequest, Lock, screen
+from . import ColumnKey, KeyRequest, Lock, screen_all
 from .keyring import canonical
 
 TOKEN_PREFIX = "lkbao1."
@@ -319,22 +318,8 @@ class OpenBaoKeyService:
                 ) from err
             self._audit_denial(keyset, requests, None, f"OpenBao refused the request ({err.status})", now)
             raise err_cls(f"OpenBao refused the request ({err.status}: {'; '.join(err.errors)[:200]})") from err
-        results: list[ColumnKey | LockkitError] = []
-        grants: list[KeyRequest] = []
-        denials: list[tuple[KeyRequest, str]] = []
-        for req, o in zip(requests, out):
-            if o is None:
-                o = err_cls("no key released")
-            if isinstance(o, LockkitError):
-                results.append(o)
-                denials.append((req, o.message))
-                continue
-            released, opened, refused = screen(o, req)  # release only keys that open something
-            results.append(released)
-            if opened:
-                grants.append(replace(req, count=opened))
-            if refused:
-                denials.append((replace(req, count=refused), "locked to another identity"))
+        results, grants, denials = screen_all(  # release only keys that open something
+            requests, [o if o is not None else err_cls("no key released") for o in out])
         if self.auditor is not None:
             record_release(self.auditor, workspace=self.workspace_crn, keyset=keyset, backend="openbao",
                            grants=grants, denials=denials, subject=sub, namespace=None, now=now)
