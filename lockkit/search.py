@@ -26,12 +26,13 @@ _WORD_RE = re.compile(r"\w+", re.UNICODE)
 class TermHasher:
     """Computes terms for one (table, column, identity) index key (64 bytes)."""
 
-    __slots__ = ("_hm", "_bf", "_grams")
+    __slots__ = ("_hm", "_bf", "_grams", "_words")
 
     def __init__(self, index_material: bytes) -> None:
         self._hm = hmac.HMAC(index_material[:32], hashes.SHA256())
         self._bf = hmac.HMAC(index_material[32:64], hashes.SHA256())
         self._grams: dict[tuple[str, int, int], tuple[int, ...]] = {}
+        self._words: dict[tuple[str, int, int, int], frozenset[int]] = {}
 
     def equality(self, data: bytes) -> str:
         h = self._hm.copy()
@@ -53,10 +54,28 @@ class TermHasher:
             self._grams[key] = got
         return got
 
+    def _word_bits(self, word: str, opts: MatchIndex) -> frozenset[int]:
+        """The filter bits of one normalised word's n-grams (memoised: words repeat)."""
+        key = (word, opts.ngram, opts.filter_size, opts.hash_count)
+        got = self._words.get(key)
+        if got is None:
+            n = opts.ngram
+            grams = [word] if len(word) <= n else [word[i : i + n] for i in range(len(word) - n + 1)]
+            found: set[int] = set()
+            for g in grams:
+                found.update(self._positions(g, opts))
+            if len(self._words) >= 65536:
+                self._words.clear()
+            got = self._words[key] = frozenset(found)
+        return got
+
     def match(self, text: str, opts: MatchIndex) -> list[int]:
+        """The sorted bits of ``text``'s n-grams (the same set :func:`ngrams` yields)."""
+        # ASCII is NFKC-invariant and its casefold is lower(): skip the normalisation for it
+        norm = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
         bits: set[int] = set()
-        for gram in ngrams(text, opts.ngram):
-            bits.update(self._positions(gram, opts))
+        for word in _WORD_RE.findall(norm):
+            bits |= self._word_bits(word, opts)
         return sorted(bits)
 
 
