@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,9 +62,13 @@ class AuditEvent:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["records"] = list(self.records)
-        return d
+        # built by hand: dataclasses.asdict deep-copies, and this runs on every key release
+        return {
+            "time": self.time, "workspace": self.workspace, "keyset": self.keyset, "backend": self.backend,
+            "operation": self.operation, "table": self.table, "column": self.column, "count": self.count,
+            "outcome": self.outcome, "subject": self.subject, "namespace": self.namespace, "reason": self.reason,
+            "records": list(self.records), "metadata": dict(self.metadata),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditEvent:
