@@ -200,3 +200,17 @@ class Result(Generic[T]):
 
 _set_data: Any = Result.__dict__["data"].__set__
 _set_failure: Any = Result.__dict__["failure"].__set__
+_new = object.__new__
+
+
+def ok_results(values: Any) -> list[Result[Any]]:
+    """``[Result(v) for v in values]`` for the bulk paths, without a Python ``__init__`` call
+    per item (a Result is made for every value of a bulk operation)."""
+    out: list[Result[Any]] = []
+    append = out.append
+    for v in values:
+        r = _new(Result)
+        _set_data(r, v)
+        _set_failure(r, None)
+        append(r)
+    return out
