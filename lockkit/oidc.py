@@ -452,6 +452,49 @@ class _StaticKeys:
         return key.key
 
 
+class RefreshSchedule:
+    """When a cached key set may be fetched again: it is stale after ``ttl`` seconds, and at
+    most one fetch is attempted per ``min_refetch_interval`` (so junk tokens cannot hammer the
+    key server). Shared by the JWKS caches of identity providers and of a remote CTS; callers
+    hold their own lock."""
+
+    __slots__ = ("ttl", "min_refetch_interval", "fetched_at", "attempted_at")
+
+    def __init__(self, ttl: float, min_refetch_interval: float) -> None:
+        self.ttl = ttl
+        self.min_refetch_interval = min_refetch_interval
+        self.fetched_at: float | None = None  # last successful fetch
+        self.attempted_at: float | None = None  # last fetch attempt
+
+    def is_stale(self, now: float) -> bool:
+        return self.fetched_at is None or abs(now - self.fetched_at) >= self.ttl
+
+    def may_fetch(self, now: float) -> bool:
+        # abs(): a clock that jumped backwards counts as time passed, not as "never again"
+        return self.attempted_at is None or abs(now - self.attempted_at) >= self.min_refetch_interval
+
+
+def fetch_jwks_document(
+    uri: str, *, session: requests.Session | None, timeout: float, limit: int = MAX_JWKS_BYTES
+) -> bytes:
+    """GET a JWKS document: a timeout, no redirects, at most ``limit`` bytes.
+
+    :raises requests.RequestException: the request failed.
+    :raises ValueError: not HTTP 200, or the body is too large.
+    """
+    get = session.get if session is not None else requests.get
+    response = get(uri, timeout=timeout, headers={"Accept": "application/json"}, allow_redirects=False, stream=True)
+    with response:
+        if response.status_code != 200:
+            raise ValueError(f"JWKS answered HTTP {response.status_code}")
+        body = bytearray()
+        for chunk in response.iter_content(chunk_size=65536):
+            body += chunk
+            if len(body) > limit:
+                raise ValueError("JWKS document is too large")
+    return bytes(body)
+
+
 class JWKSCache:
     """Fetches and caches an issuer's JWKS.
 
@@ -479,8 +522,7 @@ class JWKSCache:
         self._session = session
         self._lock = threading.Lock()
         self._keys: tuple[_Key, ...] = ()
-        self._fetched_at: float | None = None  # last successful fetch
-        self._attempted_at: float | None = None  # last fetch attempt
+        self._schedule = RefreshSchedule(ttl, min_refetch_interval)
         self._last_error: Exception | None = None
 
     def __repr__(self) -> str:
@@ -498,16 +540,17 @@ class JWKSCache:
             missing ``kid`` with several keys, or a key that does not fit ``alg``.
         """
         now = time.time() if now is None else now
+        schedule = self._schedule
         with self._lock:
-            if self._is_stale(now) and self._may_fetch(now):
+            if schedule.is_stale(now) and schedule.may_fetch(now):
                 self._refresh(now)
-            if self._fetched_at is None:
+            if schedule.fetched_at is None:
                 raise ProviderUnavailableError(
                     "identity provider keys are unavailable",
                     detail=f"could not fetch JWKS from {self.uri}: {self._last_error}",
                 ) from self._last_error
             key = _select(self._keys, kid, alg, self.uri)
-            if key is None and self._may_fetch(now):
+            if key is None and schedule.may_fetch(now):
                 self._refresh(now)
                 key = _select(self._keys, kid, alg, self.uri)
             if key is None:
@@ -517,15 +560,8 @@ class JWKSCache:
                 )
             return key.key
 
-    def _is_stale(self, now: float) -> bool:
-        return self._fetched_at is None or abs(now - self._fetched_at) >= self.ttl
-
-    def _may_fetch(self, now: float) -> bool:
-        # abs(): a clock that jumped backwards counts as time passed, not as "never again"
-        return self._attempted_at is None or abs(now - self._attempted_at) >= self.min_refetch_interval
-
     def _refresh(self, now: float) -> None:
-        self._attempted_at = now
+        self._schedule.attempted_at = now
         self.fetch_count += 1
         try:
             keys = self._fetch()
@@ -533,27 +569,11 @@ class JWKSCache:
             self._last_error = err  # keep serving the stale keys, if any
             return
         self._keys = keys
-        self._fetched_at = now
+        self._schedule.fetched_at = now
         self._last_error = None
 
     def _fetch(self) -> tuple[_Key, ...]:
-        get = self._session.get if self._session is not None else requests.get
-        response = get(
-            self.uri,
-            timeout=self.timeout,
-            headers={"Accept": "application/json"},
-            allow_redirects=False,
-            stream=True,
-        )
-        with response:
-            if response.status_code != 200:
-                raise ValueError(f"JWKS answered HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_content(chunk_size=65536):
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError("JWKS document is too large")
-        data = json.loads(body)
+        data = json.loads(fetch_jwks_document(self.uri, session=self._session, timeout=self.timeout))
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("JWKS document has no 'keys' list")
         return tuple(key for key in map(_parse_jwk, data["keys"]) if key is not None)

@@ -51,7 +51,7 @@ from jwt.algorithms import OKPAlgorithm
 from ..config import parse_crn
 from ..errors import ConfigurationError, CtsTokenError, LockContextError
 from ..identity import CtsToken
-from ..oidc import Claims
+from ..oidc import Claims, RefreshSchedule, fetch_jwks_document
 from .embedded import CTS_ALGORITHM, MAX_CTS_TOKEN_BYTES, CtsUnavailableError, CtsVerifier
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
 AUTHORIZE_PATH: Final = "/api/authorize"
 JWKS_PATH: Final = "/.well-known/jwks.json"
 MAX_RESPONSE_BYTES: Final = 64 * 1024
-MAX_JWKS_BYTES: Final = 1 << 20
 MAX_REASON_CHARS: Final = 300
 UNREACHABLE_MESSAGE: Final = "The key service cannot verify CTS tokens: token service unreachable"
 
@@ -367,8 +366,7 @@ class RemoteCtsVerifier:
         self._local = threading.local()  # the caller's `now`, for refetches the verifier asks for
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._generation = 0  # bumped whenever the fetched key set changes
-        self._fetched_at: float | None = None
-        self._attempted_at: float | None = None
+        self._schedule = RefreshSchedule(self.ttl, self.min_refetch_interval)
         self._last_error: Exception | None = None
         self._verifier: CtsVerifier | None = None
         self._verifier_generation = -1
@@ -396,9 +394,9 @@ class RemoteCtsVerifier:
         now = time.time() if now is None else now
         self._local.now = now
         with self._lock:
-            if self._is_stale(now) and self._may_fetch(now):
+            if self._schedule.is_stale(now) and self._schedule.may_fetch(now):
                 self._refresh(now)
-            if self._fetched_at is None:
+            if self._schedule.fetched_at is None:
                 raise LockContextError(UNREACHABLE_MESSAGE) from self._last_error
             if self._verifier is None or self._verifier_generation != self._generation:
                 self._building = True
@@ -416,19 +414,12 @@ class RemoteCtsVerifier:
             if not self._building:
                 now = getattr(self._local, "now", None)
                 now = time.time() if now is None else now
-                if self._may_fetch(now):
+                if self._schedule.may_fetch(now):
                     self._refresh(now)
             return dict(self._keys)
 
-    def _is_stale(self, now: float) -> bool:
-        return self._fetched_at is None or abs(now - self._fetched_at) >= self.ttl
-
-    def _may_fetch(self, now: float) -> bool:
-        # abs(): a clock that jumped backwards counts as time passed, not as "never again"
-        return self._attempted_at is None or abs(now - self._attempted_at) >= self.min_refetch_interval
-
     def _refresh(self, now: float) -> None:
-        self._attempted_at = now
+        self._schedule.attempted_at = now
         self.fetch_count += 1
         try:
             keys = self._fetch()
@@ -441,23 +432,11 @@ class RemoteCtsVerifier:
         if _raw(keys) != _raw(self._keys):
             self._generation += 1
         self._keys = keys
-        self._fetched_at = now
+        self._schedule.fetched_at = now
         self._last_error = None
 
     def _fetch(self) -> dict[str, Ed25519PublicKey]:
-        get = self._session.get if self._session is not None else requests.get
-        response = get(
-            self.jwks_url,
-            timeout=self.timeout,
-            headers={"Accept": "application/json"},
-            allow_redirects=False,
-            stream=True,
-        )
-        with response:
-            if response.status_code != 200:
-                raise ValueError(f"JWKS answered HTTP {response.status_code}")
-            raw = _read_limited(response, MAX_JWKS_BYTES)
-        data = _loads(raw)
+        data = _loads(fetch_jwks_document(self.jwks_url, session=self._session, timeout=self.timeout))
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("JWKS document has no 'keys' list")
         keys: dict[str, Ed25519PublicKey] = {}
