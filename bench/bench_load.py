@@ -71,7 +71,7 @@ from typing import Any
 
 import requests
 
-from common import cpu_times, fmt_table, load_average, steal_percent
+from common import cpu_times, fmt_table, load_average, steal_percent, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,13 +215,7 @@ class BaoAudited:
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         atexit.unregister(self.close)
 
 
@@ -298,13 +292,7 @@ class Gunicorn:
         """Stop master and workers; returns the pids still alive afterwards (expected: none)."""
         proc, self.proc = self.proc, None
         workers = sorted(self.worker_pids)
-        if proc is not None:
-            proc.terminate()  # graceful: the master stops its workers
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=30)  # graceful: the master stops its workers
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_alive(p) for p in workers):
             time.sleep(0.05)

@@ -51,7 +51,7 @@ from typing import Any
 import requests
 
 from bench_core import make_emails
-from common import cpu_times, fmt_table, load_average, paired_ratio, steal_percent, summarise, time_once
+from common import cpu_times, fmt_table, load_average, paired_ratio, steal_percent, stop_process, summarise, time_once
 
 from lockkit import Encryption, LockContext, encrypted_column, encrypted_table
 from lockkit.config import OpenBaoConfig
@@ -192,13 +192,7 @@ class BaoServer:
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         shutil.rmtree(self.dir, ignore_errors=True)
         atexit.unregister(self.close)
 

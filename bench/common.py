@@ -9,6 +9,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -157,3 +158,15 @@ def fmt_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequ
     out = [line(headers), line(["-" * w for w in widths])]
     out.extend(line(r) for r in rows)
     return "\n".join(out)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15) -> None:
+    """Terminate ``proc`` (SIGTERM), wait ``timeout`` seconds, then kill it."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
