@@ -13,6 +13,8 @@ import hmac
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
 
@@ -32,7 +34,7 @@ from .errors import (
     ok_results,
 )
 from .identity import LockContext, TokenService
-from .keys import ColumnKey, KeyRequest, KeyService, Lock
+from .keys import _GATHER4, ColumnKey, KeyRequest, KeyService, Lock
 from .schema import EncryptedColumn, EncryptedTable
 from .search import TermHasher
 
@@ -70,6 +72,12 @@ class Operation(Generic[T]):
         """
         if not isinstance(lock_context, LockContext):
             raise TypeError("with_lock_context() takes a LockContext")
+        if type(lock_context) is not LockContext:
+            # a proxy (e.g. lockkit.flask's current_lock_context): bind the lock context it
+            # stands for now, so the operation may run later, outside the request
+            resolve = getattr(lock_context, "_get_current_object", None)
+            if resolve is not None:
+                lock_context = resolve()
         self._check_pending()
         return Operation(self._fn, lock_context, self._audit)
 
@@ -254,7 +262,7 @@ class Encryption:
         key-service call per ``chunk_size`` payloads (see :meth:`stream_encrypt`)."""
         for chunk in _chunks(payloads, chunk_size):
             try:
-                outs = self._decrypt_items([(p, None) for p in chunk], lock_context)
+                outs = self._decrypt_items(chunk, lock_context)
             except LockkitError as err:
                 failure: Result[Any] = Result.from_error(err)
                 yield from (failure for _ in chunk)
@@ -264,7 +272,7 @@ class Encryption:
     def decrypt(self, payload: Any, *, lock_context: LockContext | None = None) -> Operation[Any]:
         """Decrypt one payload. ``None`` stays ``None``."""
         def run(lc: LockContext | None) -> Any:
-            out = self._decrypt_items([(payload, None)], lc)[0]
+            out = self._decrypt_items([payload], lc)[0]
             if isinstance(out, LockkitError):
                 raise out
             return out
@@ -277,7 +285,7 @@ class Encryption:
         payloads = list(payloads)
 
         def run(lc: LockContext | None) -> list[Result[Any]]:
-            return _as_results(self._decrypt_items([(p, None) for p in payloads], lc))
+            return _as_results(self._decrypt_items(payloads, lc))
         return Operation(run, lock_context)
 
     def encrypt_model(
@@ -456,8 +464,9 @@ class Encryption:
             enc = data_key.aead().encrypt
             aad = self._aad(tn, cn, data_key.aad_id, lc_names)
             n = len(values)
-            nonces = os.urandom(12 * n)
-            checks = data_key.key_checks(nonces, n)
+            rnd = os.urandom(12 * n)
+            nonces = [rnd[k : k + 12] for k in range(0, 12 * n, 12)]
+            prefixes = _interleave(rnd, data_key.key_checks(nonces), n)  # nonce | key check, per value
             where = f"{tn}.{cn}"
             kind = col.kind
             text = kind == "text"
@@ -474,11 +483,10 @@ class Encryption:
                         raw = b"s" + value.encode()
                     else:
                         raw = encode_value(kind, value, where)
-                    o = 12 * j
-                    nonce = nonces[o : o + 12]
+                    o = 16 * j
                     p: dict[str, Any] = {
                         "v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid,
-                        "c": b64(nonce + checks[o + 4 * j : o + 4 * j + 4] + enc(nonce, raw, aad), newline=False).decode(),
+                        "c": b64(prefixes[o : o + 16] + enc(nonces[j], raw, aad), newline=False).decode(),
                     }
                     if lc_names:
                         p["lc"] = list(lc_names)
@@ -496,78 +504,106 @@ class Encryption:
         return results
 
     def _decrypt_items(
-        self, items: list[tuple[Any, tuple[str, str] | None]], lc: LockContext | None
+        self, payloads: Sequence[Any], lc: LockContext | None, expected: Sequence[tuple[str, str] | None] | None = None
     ) -> list[Any]:
-        """Decrypt a batch of ``(payload, expected (table, column) or None)``: one key-service
-        call. Returns values, or a LockkitError per failed item."""
-        out: list[Any] = [None] * len(items)
-        groups: dict[tuple[str, str, str, tuple[str, ...] | None], list[tuple[int, bytes]]] = {}
-        need_lock = False
-        keyset = self.keyset
+        """Decrypt a batch of payloads (``expected``: per payload, the (table, column) it must
+        belong to, or None): one key-service call. Returns values, or a LockkitError per
+        failed item.
+
+        Payloads are grouped by header (table, column, keyset, key id, lock claims); the
+        header checks run once per group, and each value costs a few dict reads, one base64
+        decode and its AEAD call."""
+        out: list[Any] = [None] * len(payloads)
+        groups: dict[tuple[Any, ...], _Group] = {}
         claims = lc.identity_claim if lc is not None else None
-        parse = _parse
-        for i, (obj, expected) in enumerate(items):
+        claims_list = list(claims) if claims is not None else None
+        a2b, fast_keys, min_raw = _a2b, _FAST_KEY_COUNT, _MIN_RAW
+        for i, obj in enumerate(payloads):
             if obj is None:
                 continue
-            parsed = parse(obj)
-            if isinstance(parsed, LockkitError):
-                out[i] = parsed
-                continue
-            tn, cn, ks, kid, plc, raw = parsed
-            if expected is not None and (tn, cn) != expected:
-                out[i] = DecryptionError(
-                    f"payload belongs to {tn}.{cn}, not {expected[0]}.{expected[1]} (was it moved?)"
-                )
-            elif ks != keyset:
-                out[i] = DecryptionError(f"payload was encrypted under keyset {ks!r}; this client uses {keyset!r}")
-            elif plc is not None and claims is None:
-                out[i] = LockContextError("this value is locked to an identity: decrypt it with .with_lock_context(...)")
-            elif plc is not None and plc != claims:
-                out[i] = LockContextError(
-                    f"this value is locked to the claims {list(plc)}, but the lock context names {list(claims or ())}"
-                )
-            else:
-                if plc is not None:
-                    need_lock = True
-                g = groups.get((tn, cn, kid, plc))
+            g: _Group | None = None
+            raw = b""
+            if type(obj) is dict:  # the fast path: a well-formed dict as json.loads gives it
+                try:
+                    v, ident, lcv = obj["v"], obj["i"], obj.get("lc")
+                    if (
+                        type(v) is int and v == 1 and obj["k"] == "ct" and type(ident) is dict
+                        and len(ident) == 2 and (lcv is None or lcv == claims_list)
+                        # no field beyond the known ones: every present optional field counted
+                        and len(obj) == fast_keys + (lcv is not None) + ("hm" in obj) + ("bf" in obj)
+                    ):
+                        header = (ident["t"], ident["c"], obj["ks"], obj["kid"], None if lcv is None else claims)
+                        g = groups.get(header)
+                        if g is None:
+                            g = self._group(groups, header, claims, fast=True)
+                        c = obj["c"]
+                        if g is not None and type(c) is str:
+                            raw = a2b(c, strict_mode=True)
+                        else:
+                            g = None
+                except (KeyError, TypeError, ValueError, binascii.Error):
+                    g = None
+            if g is None or len(raw) < min_raw:  # anything unusual: parsed with exact errors
+                parsed = _parse(obj)
+                if isinstance(parsed, LockkitError):
+                    out[i] = parsed
+                    continue
+                tn, cn, ks, kid, plc, raw = parsed
+                header = (tn, cn, ks, kid, plc)
+                g = groups.get(header)
                 if g is None:
-                    g = groups[(tn, cn, kid, plc)] = []
-                g.append((i, raw))
-        if not groups:
+                    g = self._group(groups, header, claims)
+                    assert g is not None  # payload.parse checked the header's types
+            if expected is not None:
+                want = expected[i]
+                if want is not None and (g.table, g.column) != want:
+                    out[i] = DecryptionError(
+                        f"payload belongs to {g.table}.{g.column}, not {want[0]}.{want[1]} (was it moved?)"
+                    )
+                    continue
+            if g.error is not None:
+                out[i] = type(g.error)(g.error.message)
+                continue
+            g.index.append(i)
+            g.nonces.append(raw[:12])
+            g.checks.append(raw[12:16])
+            g.bodies.append(raw[16:])
+        live = [g for g in groups.values() if g.index]
+        if not live:
             return out
         requests = [
-            KeyRequest(t, c, "decrypt", key_id=kid, count=len(ix), locked=plc is not None,
-                       probe=(b"".join([raw[:12] for _, raw in ix]), b"".join([raw[12:16] for _, raw in ix])))
-            for (t, c, kid, plc), ix in groups.items()
+            KeyRequest(g.table, g.column, "decrypt", key_id=g.kid, count=len(g.index), locked=g.lc is not None,
+                       probe=(g.nonces, b"".join(g.checks)))
+            for g in live
         ]
+        need_lock = any(g.lc is not None for g in live)
         lock = self._acquire(lc, requests) if need_lock else None
         keys = self._release(lock, requests)
         decode_value = pl.decode_value
-        compare = hmac.compare_digest
         denials: list[tuple[KeyRequest, str]] = []
-        for ((tn, cn, kid, plc), members), key, req in zip(groups.items(), keys, requests):
-            refused = 0
+        for g, key in zip(live, keys):
             if isinstance(key, LockkitError):
-                for i, _ in members:
+                for i in g.index:
                     out[i] = key
                 continue
-            dec = key.aead().decrypt
-            aad = self._aad(tn, cn, key.aad_id, plc)
-            # every value's key check (the check bytes are not covered by the AEAD, so a flipped
-            # check bit must fail here): the key service's probe result, else computed in one call
+            n = len(g.index)
             opened = key.opened
-            if opened is None or len(opened) != len(members):
-                checks = key.key_checks(b"".join([raw[:12] for _, raw in members]), len(members))
-                opened = bytes([compare(checks[16 * j : 16 * j + 4], raw[12:16]) for j, (_, raw) in enumerate(members)])
-            for j, (i, raw) in enumerate(members):
-                if not opened[j]:
+            if opened is None or len(opened) != n:  # a key service that did not probe
+                mine, given = key.key_checks(g.nonces), b"".join(g.checks)
+                opened = bytes([hmac.compare_digest(mine[4 * j : 4 * j + 4], given[4 * j : 4 * j + 4]) for j in range(n)])
+            dec = key.aead().decrypt
+            aad = self._aad(g.table, g.column, key.aad_id, g.lc)
+            every = opened == b"\x01" * n  # the check bytes are not covered by the AEAD: check them
+            refused = 0
+            for j, (i, nonce, body) in enumerate(zip(g.index, g.nonces, g.bodies)):
+                if not every and not opened[j]:
                     out[i] = DecryptionError(  # the key service audited these as denied
-                        "this value is locked to another identity" if plc is not None else
+                        "this value is locked to another identity" if g.lc is not None else
                         "this value was encrypted under other keys (another workspace or keyring?)"
                     )
                     continue
                 try:
-                    plain = dec(raw[:12], raw[16:], aad)
+                    plain = dec(nonce, body, aad)
                 except InvalidTag:
                     out[i] = DecryptionError("the payload was tampered with (authentication failed)")
                     refused += 1
@@ -583,11 +619,37 @@ class Encryption:
                 except LockkitError as err:
                     out[i] = err
             if refused:
-                denials.append((KeyRequest(tn, cn, "decrypt", key_id=kid, count=refused, locked=plc is not None),
-                                "the payload was tampered with"))
+                denials.append((KeyRequest(g.table, g.column, "decrypt", key_id=g.kid, count=refused,
+                                           locked=g.lc is not None), "the payload was tampered with"))
         if denials:
             self._report_denials(lock, denials)
         return out
+
+    def _group(
+        self,
+        groups: dict[tuple[Any, ...], _Group],
+        header: tuple[Any, Any, Any, Any, tuple[str, ...] | None],
+        claims: tuple[str, ...] | None,
+        *,
+        fast: bool = False,
+    ) -> _Group | None:
+        """The group for a new payload header (carrying the error its payloads get, if any), or
+        None when the header is malformed (the caller then parses the payload for the exact
+        error). ``claims``: the lock context's claim names; ``fast``: from the fast path, whose
+        headers name no lock claims or exactly the lock context's."""
+        tn, cn, ks, kid, plc = header
+        if not (type(tn) is str and type(cn) is str and type(ks) is str and type(kid) is str):
+            return None
+        g = groups[header] = _Group(tn, cn, kid, plc)
+        if ks != self.keyset:
+            g.error = DecryptionError(f"payload was encrypted under keyset {ks!r}; this client uses {self.keyset!r}")
+        elif plc is not None and claims is None:
+            g.error = LockContextError("this value is locked to an identity: decrypt it with .with_lock_context(...)")
+        elif plc is not None and not fast and plc != claims:
+            g.error = LockContextError(
+                f"this value is locked to the claims {list(plc)}, but the lock context names {list(claims or ())}"
+            )
+        return g
 
     def _report_denials(self, lock: Lock | None, denials: list[tuple[KeyRequest, str]]) -> None:
         """Tell an auditing key service about values its keys did not open."""
@@ -621,19 +683,29 @@ class Encryption:
         self, models: list[Mapping[str, Any]], table: EncryptedTable | str | None, lc: LockContext | None
     ) -> list[dict[str, Any]]:
         t = self._table(table) if table is not None else None
-        items: list[tuple[Any, tuple[str, str] | None]] = []
+        # with a table: its columns' fields, each payload checked to belong to its column
+        wanted = {f: (t.table_name, col.name) for f, col in t.columns.items()} if t is not None else None
+        payloads: list[Any] = []
+        expected: list[tuple[str, str] | None] = []
         slots: list[tuple[int, str]] = []
         for m_i, model in enumerate(models):
             if not isinstance(model, Mapping):
                 raise DecryptionError(f"models must be dicts, got {type(model).__name__}")
             for field, value in model.items():
-                col = t.columns.get(field) if t is not None else None
-                if col is not None and value is not None and not pl.is_payload(value):
-                    raise DecryptionError(f"{field}: expected an encrypted payload")
-                if col is not None or (t is None and pl.is_payload(value)):
-                    items.append((value, (t.table_name, col.name) if t is not None and col is not None else None))
-                    slots.append((m_i, field))
-        outs = self._decrypt_items(items, lc)
+                if wanted is not None:
+                    want = wanted.get(field)
+                    if want is None:
+                        continue
+                    if value is not None and not _is_payload(value):
+                        raise DecryptionError(f"{field}: expected an encrypted payload")
+                elif _is_payload(value):
+                    want = None
+                else:
+                    continue
+                payloads.append(value)
+                expected.append(want)
+                slots.append((m_i, field))
+        outs = self._decrypt_items(payloads, lc, expected)
         result = [dict(m) for m in models]
         for (m_i, field), o in zip(slots, outs):
             if isinstance(o, LockkitError):
@@ -649,6 +721,8 @@ _Parsed = tuple[str, str, str, str, "tuple[str, ...] | None", bytes]
 _a2b = binascii.a2b_base64
 _PAYLOAD_KEYS = pl.PAYLOAD_KEYS
 _MIN_RAW = pl.MIN_RAW
+#: the fields every payload has (v, k, i, ks, kid, c); lc, hm and bf are optional
+_FAST_KEY_COUNT = 6
 
 
 _LC_SEEN: dict[tuple[Any, ...], bool] = {}
@@ -695,6 +769,39 @@ def _parse(obj: Any) -> _Parsed | LockkitError:
     except LockkitError as err:
         return err
     return (p.table, p.column, p.keyset, p.kid, p.lc, p.nonce + p.check + p.ciphertext)
+
+
+def _interleave(nonces: bytes, checks: bytes, n: int) -> bytes:
+    """``nonce_j | check_j`` for each of ``n`` 12-byte nonces and 4-byte checks, gathered in C
+    (views of 4-byte words: three from each nonce, then one from its check)."""
+    if not _GATHER4:
+        return b"".join([nonces[12 * j : 12 * j + 12] + checks[4 * j : 4 * j + 4] for j in range(n)])
+    out = bytearray(16 * n)
+    words, nw, cw = memoryview(out).cast("I"), memoryview(nonces).cast("I"), memoryview(checks).cast("I")
+    words[0::4], words[1::4], words[2::4], words[3::4] = nw[0::3], nw[1::3], nw[2::3], cw
+    return bytes(out)
+
+
+def _is_payload(value: Any) -> bool:
+    """:func:`payload.is_payload`, with a quick answer for plain dicts."""
+    if type(value) is dict:
+        return value.get("k") == "ct" and "c" in value and "v" in value
+    return pl.is_payload(value)
+
+
+@dataclass(slots=True)
+class _Group:
+    """Payloads of one header in a decrypt batch (internal)."""
+
+    table: str
+    column: str
+    kid: str
+    lc: tuple[str, ...] | None
+    error: LockkitError | None = None
+    index: list[int] = dc_field(default_factory=list)
+    nonces: list[bytes] = dc_field(default_factory=list)
+    checks: list[bytes] = dc_field(default_factory=list)
+    bodies: list[bytes] = dc_field(default_factory=list)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -161,7 +161,10 @@ def parse(obj: Any) -> Parsed:
     if extra:
         raise DecryptionError(f"payload has unexpected fields {sorted(extra)}")
     ident, ks, kid, c = obj.get("i"), obj.get("ks"), obj.get("kid"), obj.get("c")
-    if not (isinstance(ident, Mapping) and isinstance(ident.get("t"), str) and isinstance(ident.get("c"), str)):
+    if not (
+        isinstance(ident, Mapping) and len(ident) == 2
+        and isinstance(ident.get("t"), str) and isinstance(ident.get("c"), str)
+    ):
         raise DecryptionError("payload 'i' must be {'t': table, 'c': column}")
     if not isinstance(ks, str) or not isinstance(kid, str) or not isinstance(c, str):
         raise DecryptionError("payload is missing 'ks', 'kid' or 'c'")

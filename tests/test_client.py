@@ -184,6 +184,60 @@ def test_bulk_decrypt_one_bad_item_does_not_sink_the_batch(
     assert all(r.data is None for r in out if r.failure is not None)
 
 
+def test_bulk_decrypt_groups_by_header_and_keeps_every_item_in_place(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    """The decrypt engine groups payloads by header and checks each header once; every odd
+    payload still gets its own precise error, in its own position."""
+    emails = client.bulk_encrypt(["a@x.y", "b@x.y", "c@x.y"], column=users.email, table=users)
+    e1, e2, e3 = (r.data for r in emails.with_lock_context(alice).unwrap())
+    name = _sealed(client.encrypt("Alice", column=users.name, table=users))  # unlocked
+    assert e1 is not None and e2 is not None and e3 is not None
+    other_keyset = Encryption([users], key_service=client.key_service, keyset="tenant-b")
+    foreign = _sealed(other_keyset.encrypt("t@x.y", column=users.email, table=users).with_lock_context(alice))
+    batch: list[Any] = [
+        e1,
+        name,
+        dict(e1, zz=1),                      # an unexpected field
+        dict(e1, lc=None),                   # "lc" present but null: unlocked header, locked ciphertext
+        dict(e1, lc=["sub", "scopes"]),      # other lock claims than the lock context's
+        foreign,                             # another keyset
+        dict(e1, i={"t": "users", "c": "email", "x": 1}),
+        dict(e1, v=True),
+        dict(e1, c=e1["c"].encode()),        # bytes, not text
+        dict(e1, kid=1),
+        e2,
+        None,
+        dict(name, i={"t": "users", "c": "email"}),  # moved to another column
+        e3,
+    ]
+    out = client.bulk_decrypt(batch).with_lock_context(alice).unwrap()
+    assert [r.data for r in out] == [
+        "a@x.y", "Alice", None, None, None, None, None, None, None, None, "b@x.y", None, None, "c@x.y",
+    ]
+    expected = {
+        2: ("DecryptionError", "unexpected fields ['zz']"),
+        3: ("DecryptionError", "encrypted under other keys"),  # another key: its key check fails
+        4: ("LockContextError", "locked to the claims ['sub', 'scopes']"),
+        5: ("DecryptionError", "keyset 'tenant-b'"),
+        6: ("DecryptionError", "'i' must be"),
+        7: ("DecryptionError", "version True"),
+        8: ("DecryptionError", "missing 'ks', 'kid' or 'c'"),
+        9: ("DecryptionError", "missing 'ks', 'kid' or 'c'"),
+        12: ("DecryptionError", "encrypted under other keys"),
+    }
+    for i, r in enumerate(out):
+        if i in expected:
+            assert r.failure is not None, i
+            assert r.failure.type == expected[i][0] and expected[i][1] in r.failure.message, (i, r.failure)
+        else:
+            assert r.failure is None, (i, r.failure)
+    # the same payloads without a lock context: the locked ones say so, the unlocked one opens
+    plain = client.bulk_decrypt([e1, name, e2]).unwrap()
+    assert [_failure_type(r) for r in plain] == ["LockContextError", None, "LockContextError"]
+    assert plain[1].data == "Alice"
+
+
 # -- models --------------------------------------------------------------------------------
 
 

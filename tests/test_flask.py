@@ -172,6 +172,73 @@ def test_steady_state_makes_no_exchanges(app: Flask, client: FlaskClient, exchan
     assert open_session(app, cookie_value(client))[get_state(app).session_key] == sealed_before
 
 
+def _set_session(app: Flask, client: FlaskClient, data: dict[str, Any]) -> None:
+    """Put a session holding ``data`` in the client's jar (signed with the app's key)."""
+    interface = app.session_interface
+    assert isinstance(interface, SecureCookieSessionInterface)
+    serializer = interface.get_signing_serializer(app)
+    assert serializer is not None
+    client.set_cookie("session", serializer.dumps(data))
+
+
+def test_a_replaced_session_value_is_never_served_from_the_steady_state_memo(app: Flask, client: FlaskClient) -> None:
+    """Steady-state requests remember what a sealed session value held for a verified identity
+    token; a different sealed value (garbage, or another user's) is unsealed and checked anew."""
+    alice, bob = _mint(app, "alice"), _mint(app, "bob")
+    payload = _write(client, alice, "alice's")
+    assert _read(client, alice, payload) == (200, {"body": "alice's"})
+    assert exchanges(app) == 1
+    alice_sealed = open_session(app, cookie_value(client))[get_state(app).session_key]
+    bob_client = app.test_client()
+    assert bob_client.get("/api/me", headers=bearer(bob)).status_code == 200
+    bob_sealed = open_session(app, cookie_value(bob_client))[get_state(app).session_key]
+    assert exchanges(app) == 2
+
+    key = get_state(app).session_key
+    for replacement in (alice_sealed[:-4] + "AAAA", bob_sealed, "not sealed"):
+        _set_session(app, client, {key: replacement})
+        before = exchanges(app)
+        assert _read(client, alice, payload) == (200, {"body": "alice's"})  # exchanged again, still alice
+        assert exchanges(app) == before + 1
+        assert stored_cts(app, cookie_value(client))["sub"] == "alice"  # type: ignore[index]
+    # bob's sealed value never serves alice's token, and alice's never serves bob's
+    _set_session(app, client, {key: alice_sealed})
+    before = exchanges(app)
+    assert json_of(client.get("/api/me", headers=bearer(bob))) == {"sub": "bob"}
+    assert exchanges(app) == before + 1
+
+
+def test_the_steady_state_memo_is_bounded(app: Flask, client: FlaskClient) -> None:
+    from lockkit.flask import extension
+
+    memo = get_state(app).session_memo
+    for i in range(extension._SESSION_MEMO_SIZE + 50):
+        extension._remember(memo, (f"sealed{i}", "token", "ns"), CtsToken("t", time.time() + 60))
+    assert len(memo) == extension._SESSION_MEMO_SIZE
+    assert ("sealed0", "token", "ns") not in memo and (f"sealed{extension._SESSION_MEMO_SIZE + 49}", "token", "ns") in memo
+
+
+def test_an_operation_chained_with_current_lock_context_can_run_after_the_request(app: Flask) -> None:
+    """``.with_lock_context(current_lock_context)`` binds the request's lock context, not the
+    proxy: the operation still runs once the request has ended."""
+    from .flask_support import NOTES
+
+    kept: dict[str, Any] = {}
+
+    @app.post("/api/notes/later")
+    @lock_context_required
+    def later() -> dict[str, Any]:
+        client = get_state().encryption([NOTES])
+        kept["op"] = client.encrypt("for later", column=NOTES.body, table=NOTES).with_lock_context(current_lock_context)
+        return {}
+
+    client = app.test_client()
+    token = _mint(app, "alice")
+    assert client.post("/api/notes/later", headers=bearer(token)).status_code == 200
+    payload = kept["op"].unwrap()  # outside any request context
+    assert _read(client, token, payload) == (200, {"body": "for later"})
+
+
 def test_user_switch_re_exchanges_and_locks_to_the_new_user(app: Flask, client: FlaskClient) -> None:
     alice, bob = _mint(app, "alice"), _mint(app, "bob")
     alice_payload = _write(client, alice, "alice's secret")

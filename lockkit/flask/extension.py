@@ -70,6 +70,11 @@ class LockKitState:
     #: the clock the middleware reads; tests inject one instead of patching time
     clock: Callable[[], float] = time.time
     clients: dict[tuple[str, ...], Encryption] = field(default_factory=dict)
+    #: steady-state requests: (sealed session value, identity token, provider namespace) ->
+    #: the CTS token it holds, once it was found to match that verified identity. A pure
+    #: function's memo (unseal + claims binding); the identity token is still verified and the
+    #: expiry still checked on every request. Bounded.
+    session_memo: dict[tuple[str, str, str], CtsToken] = field(default_factory=dict)
 
     @property
     def audit_log(self) -> AuditLog | None:
@@ -247,19 +252,34 @@ def _authenticate() -> None:
             signals.cts_token_removed.send(current_app._get_current_object(), reason="signed-out")  # type: ignore[attr-defined]
         return
     ns.provider, ns.claims = provider, claims
-    stored = state.sealer.unseal(SESSION_PURPOSE, session.get(state.session_key))
-    binding = _claims_binding(claims, state.settings.cts_claims)
-    if (
-        isinstance(stored, dict)
-        and stored.get("sub") == claims["sub"]
-        and stored.get("ns") == provider.namespace
-        and isinstance(stored.get("exp"), int)
-        and stored["exp"] - state.refresh_window > now
-        and isinstance(stored.get("b"), str)
-        and hmac.compare_digest(stored["b"], binding)
-    ):
-        ns.cts = CtsToken(stored["tok"], stored["exp"])
-        return
+    sealed = session.get(state.session_key)
+    memo_key = (sealed, token, provider.namespace) if isinstance(sealed, str) else None
+    known = state.session_memo.get(memo_key) if memo_key is not None else None
+    binding: str | None = None
+    if known is not None:
+        if known.expiry - state.refresh_window > now:
+            ns.cts = known
+            return
+    else:
+        stored = state.sealer.unseal(SESSION_PURPOSE, sealed)
+        binding = _claims_binding(claims, state.settings.cts_claims)
+        if (
+            isinstance(stored, dict)
+            and stored.get("sub") == claims["sub"]
+            and stored.get("ns") == provider.namespace
+            and isinstance(stored.get("exp"), int)
+            and isinstance(stored.get("tok"), str) and stored["tok"] != ""
+            and isinstance(stored.get("b"), str)
+            and hmac.compare_digest(stored["b"], binding)
+        ):
+            known = CtsToken(stored["tok"], stored["exp"])
+            if memo_key is not None:
+                _remember(state.session_memo, memo_key, known)
+            if known.expiry - state.refresh_window > now:
+                ns.cts = known
+                return
+    if binding is None:
+        binding = _claims_binding(claims, state.settings.cts_claims)
     try:
         cts = state.token_service.authorize(provider.cts_jwt(token, claims), now=now)
     except CtsUnavailableError as err:
@@ -275,6 +295,18 @@ def _authenticate() -> None:
     )
     ns.cts = cts
     signals.cts_token_exchanged.send(current_app._get_current_object(), subject=claims["sub"], provider=provider.name)  # type: ignore[attr-defined]
+
+
+_SESSION_MEMO_SIZE = 1024
+
+
+def _remember(memo: dict[tuple[str, str, str], CtsToken], key: tuple[str, str, str], token: CtsToken) -> None:
+    while len(memo) >= _SESSION_MEMO_SIZE:  # drop the oldest (dicts keep insertion order)
+        try:
+            memo.pop(next(iter(memo)))
+        except (StopIteration, KeyError, RuntimeError):  # another thread got there first
+            break
+    memo[key] = token
 
 
 def _claims_binding(claims: Claims, extra: Sequence[str]) -> str:

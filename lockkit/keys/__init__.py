@@ -27,6 +27,8 @@ from ..identity import CtsToken
 
 Purpose = Literal["encrypt", "decrypt", "index"]
 _ZERO4 = b"\x00" * 4
+#: C's unsigned int is 4 bytes on every platform CPython supports; checked, with a fallback
+_GATHER4 = memoryview(_ZERO4).cast("I").itemsize == 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +52,10 @@ class KeyRequest:
     locked: bool = True
     #: the audit label when it differs from the purpose's (index keys used while encrypting)
     operation: str = ""
-    #: for ``decrypt``: the payloads' nonces and key checks (concatenated). The key service
-    #: releases the key only if it opens at least one of them, and audits how many it opens.
-    probe: tuple[bytes, bytes] | None = None
+    #: for ``decrypt``: the payloads' nonces (12 bytes each) and their key checks
+    #: (concatenated, 4 bytes each). The key service releases the key only if it opens at
+    #: least one of them, and audits how many it opens.
+    probe: tuple[Sequence[bytes], bytes] | None = None
 
 
 class ColumnKey:
@@ -92,14 +95,22 @@ class ColumnKey:
             self._aead = AESGCMSIV(self.material[:32])
         return self._aead
 
-    def key_checks(self, nonces: bytes, n: int) -> bytes:
-        """AES-256 of ``nonce | 0^32`` for each of ``n`` 12-byte nonces, in one call under the
-        check key; bytes ``16*j .. 16*j+4`` are value ``j``'s key check."""
-        blocks = b"".join([nonces[k : k + 12] + _ZERO4 for k in range(0, 12 * n, 12)])
+    def key_checks(self, nonces: Sequence[bytes]) -> bytes:
+        """The key checks of values with these 12-byte nonces, concatenated (4 bytes each): the
+        first 4 bytes of AES-256(``nonce | 0^32``) under the check key, in one call."""
+        if not nonces:
+            return b""
+        blocks = _ZERO4.join(nonces) + _ZERO4
+        if len(blocks) != 16 * len(nonces):
+            raise ValueError("key checks need 12-byte nonces")
         with self._mutex:
             if self._check is None:
                 self._check = Cipher(algorithms.AES(self.material[32:64]), modes.ECB()).encryptor()
-            return bytes(self._check.update(blocks))
+            out = self._check.update(blocks)
+        # the first 4 bytes of every 16-byte block, gathered in C (a 4-byte view, every 4th item)
+        if _GATHER4:
+            return memoryview(out).cast("I")[::4].tobytes()
+        return b"".join([out[k : k + 4] for k in range(0, len(out), 16)])
 
     def __repr__(self) -> str:
         return f"ColumnKey(key_id={self.key_id!r}, material=<redacted>)"
@@ -115,10 +126,12 @@ def screen(key: ColumnKey, req: KeyRequest) -> tuple[ColumnKey | LockkitError, i
     if req.probe is None:
         return key, req.count, 0
     nonces, checks = req.probe
-    n = len(nonces) // 12
-    mine = key.key_checks(nonces, n)
+    n = len(nonces)
+    mine = key.key_checks(nonces)
+    if hmac.compare_digest(mine, checks):  # the usual case: the key opens every value
+        return key.with_opened(b"\x01" * n), n, 0
     compare = hmac.compare_digest
-    opened = bytes([compare(mine[16 * j : 16 * j + 4], checks[4 * j : 4 * j + 4]) for j in range(n)])
+    opened = bytes([compare(mine[4 * j : 4 * j + 4], checks[4 * j : 4 * j + 4]) for j in range(n)])
     count = sum(opened)
     if count == 0:
         from ..errors import DecryptionError
