@@ -162,6 +162,14 @@ class LockContext:
         bound = LockContext(identity_claim=self._claims, cts_token=token, token_service=service)
         return Result(bound)
 
+    def with_token(self, token: CtsToken) -> LockContext:
+        """This lock context (same claims and token service) holding ``token``; no exchange."""
+        if not isinstance(token, CtsToken):
+            raise TypeError("with_token() takes a CtsToken")
+        bound: LockContext = object.__new__(LockContext)  # the claims are already validated
+        bound._claims, bound._token, bound._service = self._claims, token, self._service
+        return bound
+
     def require_token(self, now: float | None = None) -> CtsToken:
         """The CTS token, checked for expiry.
 

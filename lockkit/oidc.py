@@ -669,7 +669,8 @@ class OIDCVerifier:
         # re-check the same token's signature on every request; time claims are re-checked on
         # every hit. Trade-off: a signing key the issuer withdraws stays trusted for tokens seen
         # in the last ``verified_cache_ttl`` seconds (the JWKS cache already keeps keys longer).
-        self._verified: OrderedDict[bytes, tuple[Claims, float]] = OrderedDict()
+        #: digest -> (verified claims, cached until, their (exp, nbf, iat))
+        self._verified: OrderedDict[bytes, tuple[Claims, float, tuple[float, float | None, float | None]]] = OrderedDict()
         self._verified_ttl = verified_cache_ttl
         self._verified_lock = threading.Lock()
         self.jwks: JWKSCache | None = None
@@ -710,7 +711,8 @@ class OIDCVerifier:
             with self._verified_lock:
                 hit = self._verified.get(digest)
             if hit is not None and now < hit[1]:
-                self._check_claims(hit[0], now)  # expiry, nbf and iat against this request's clock
+                # the claims passed every check when cached; only the time claims can go stale
+                self._check_times(*hit[2], now)
                 return dict(hit[0])
         header, unverified = _split_token(token, config.max_token_bytes)
         iss = unverified.get("iss")
@@ -745,15 +747,16 @@ class OIDCVerifier:
                 detail=f"{type(err).__name__}: {err} (issuer {self.issuer!r}, kid {_show(kid)})",
             ) from err
         claims: Claims = decoded["payload"]
-        self._check_claims(claims, now)
+        times = self._check_claims(claims, now)
         if digest is not None:
             with self._verified_lock:
-                self._verified[digest] = (dict(claims), now + self._verified_ttl)
+                self._verified[digest] = (dict(claims), now + self._verified_ttl, times)
                 while len(self._verified) > 4096:
                     self._verified.popitem(last=False)
         return claims
 
-    def _check_claims(self, claims: Claims, now: float) -> None:
+    def _check_claims(self, claims: Claims, now: float) -> tuple[float, float | None, float | None]:
+        """Check every claim; returns the time claims ``(exp, nbf, iat)`` as numbers."""
         config = self.config
         if claims.get("iss") != self.issuer:  # same bytes as routed on; kept as a guard
             raise InvalidCredentialError("token issuer is wrong")
@@ -796,8 +799,12 @@ class OIDCVerifier:
                     detail=f"azp is not one of {list(config.authorized_parties)}",
                 )
 
-        leeway = config.leeway
         assert exp is not None  # required=True
+        self._check_times(exp, nbf, iat, now)
+        return exp, nbf, iat
+
+    def _check_times(self, exp: float, nbf: float | None, iat: float | None, now: float) -> None:
+        leeway = self.config.leeway
         if now > exp + leeway:
             raise ExpiredCredentialError("token has expired", detail=f"exp {exp} < now {now}")
         if nbf is not None and nbf > now + leeway:

@@ -21,8 +21,8 @@ from ..client import Encryption
 from ..config import Settings, load_settings
 from ..cts import CtsUnavailableError
 from ..cts.embedded import normalise_scopes
-from ..errors import ClientInitError, CtsTokenError, IdentityError, ProviderUnavailableError
-from ..identity import CtsToken, TokenService
+from ..errors import ClientInitError, CtsTokenError, IdentityError, LockContextError, ProviderUnavailableError
+from ..identity import CtsToken, LockContext, TokenService
 from ..keys import KeyService
 from ..oidc import Claims
 from ..plugins import audit_sinks, identity_provider_classes, make_plugin_manager
@@ -62,7 +62,8 @@ class LockKitState:
     refresh_window: float
     session_key: str
     api_prefixes: tuple[str, ...]
-    identity_claim: tuple[str, ...]
+    #: the lock context requests get (current_lock_context): these claims, this token service
+    lock_template: LockContext
     login_view: str | None
     unauthorized: Callable[[str, int], Any] | None = None
     #: the extension bound here (its unauthorized handler may be set after init_app)
@@ -75,6 +76,11 @@ class LockKitState:
     #: function's memo (unseal + claims binding); the identity token is still verified and the
     #: expiry still checked on every request. Bounded.
     session_memo: dict[tuple[str, str, str], CtsToken] = field(default_factory=dict)
+
+    @property
+    def identity_claim(self) -> tuple[str, ...]:
+        """The claims ``current_lock_context`` locks to (``LOCKKIT_IDENTITY_CLAIM``)."""
+        return self.lock_template.identity_claim
 
     @property
     def audit_log(self) -> AuditLog | None:
@@ -125,7 +131,10 @@ class LockKit:
         )
         providers = _build_providers(app, pm)
         token_service, key_service = build_services(settings, providers, audit_sinks(pm))
-        claim = app.config["LOCKKIT_IDENTITY_CLAIM"]
+        try:
+            template = LockContext(identity_claim=app.config["LOCKKIT_IDENTITY_CLAIM"], token_service=token_service)
+        except LockContextError as err:
+            raise ClientInitError(f"LOCKKIT_IDENTITY_CLAIM: {err.message}") from err
         state = LockKitState(
             settings=settings,
             providers=providers,
@@ -136,7 +145,7 @@ class LockKit:
             refresh_window=float(app.config["LOCKKIT_REFRESH_WINDOW"]),
             session_key=str(app.config["LOCKKIT_SESSION_KEY"]),
             api_prefixes=tuple(app.config["LOCKKIT_API_PREFIXES"]),
-            identity_claim=(claim,) if isinstance(claim, str) else tuple(claim),
+            lock_template=template,
             login_view=app.config["LOCKKIT_LOGIN_VIEW"],
             unauthorized=self._unauthorized,
             extension=self,

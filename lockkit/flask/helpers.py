@@ -47,13 +47,11 @@ def get_cts_token() -> CtsTokenResult:
 def _lock_context() -> LockContext:
     ns = _request_state()
     if ns.lock_context is None:
-        res = get_cts_token()
-        if not res.success:
-            raise LockContextError(f"no lock context: {res.error}")
         state = get_state()
-        ns.lock_context = LockContext(
-            cts_token=res.cts_token, identity_claim=state.identity_claim, token_service=state.token_service
-        )
+        token: CtsToken | None = ns.cts
+        if token is None or token.is_expired(state.clock()):
+            raise LockContextError(f"no lock context: {get_cts_token().error}")
+        ns.lock_context = state.lock_template.with_token(token)
     return cast(LockContext, ns.lock_context)
 
 

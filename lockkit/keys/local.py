@@ -53,6 +53,9 @@ class LocalKeyService:
         self._cache_size = cache_size
         self._keyring = keyring
         self._verifier = verifier
+        #: (CTS token, claim names) -> (its verified claims, identity binding, canonical form):
+        #: reused while the verifier returns the same verified claims for the token
+        self._bindings: dict[tuple[str, tuple[str, ...]], tuple[Claims, list[Any], bytes]] = {}
         self._lock = threading.Lock()
         #: number of release() calls and keys derived (observability, tests)
         self.release_calls = 0
@@ -70,10 +73,19 @@ class LocalKeyService:
         binding: list[Any] | None = None
         subject: str | None = None
         namespace: str | None = None
+        bound = b"null"
         if lock is not None:
+            token = lock.token.access_token
             try:
-                claims = self._verifier.verify(lock.token.access_token, now=now)
-                binding = identity_binding(claims, lock.claim_names)
+                claims = self._verifier.verify(token, now=now)  # every call: signature (cached), expiry
+                known = self._bindings.get((token, lock.claim_names))
+                if known is None or known[0] is not claims:
+                    found_binding = identity_binding(claims, lock.claim_names)
+                    known = (claims, found_binding, canonical(found_binding))
+                    if len(self._bindings) >= self._cache_size:
+                        self._bindings.clear()
+                    self._bindings[(token, lock.claim_names)] = known
+                _, binding, bound = known
             except LockContextError as err:
                 self._audit_denial(keyset, requests, None, None, err.message, now)
                 raise
@@ -83,7 +95,6 @@ class LocalKeyService:
             self.last_subject = subject
         found: list[ColumnKey | LockkitError] = []
         memo: dict[tuple[str, str, str, str | None, bool], ColumnKey | LockkitError] = {}
-        bound = canonical(binding)  # once per batch: part of every derived key's cache key
         for req in requests:
             if req.locked and binding is None:
                 raise LockContextError("a locked key was requested without a lock context")
@@ -125,8 +136,7 @@ class LocalKeyService:
 
     def _derive(self, keyset: str, binding: list[Any] | None, req: KeyRequest, bound: bytes) -> ColumnKey | LockkitError:
         if req.purpose == "index":
-            return self._cached(None, ["index", self.workspace_crn, keyset, req.table, req.column, binding], "index",
-                                (keyset, req.table, req.column, bound))
+            return self._cached(None, "index", "index", keyset, req, binding, bound)
         if req.purpose == "encrypt":
             version = self._keyring.primary
         else:
@@ -139,19 +149,22 @@ class LocalKeyService:
                     f"key version {version} is not in this keyring (was it removed, or is this "
                     "another workspace's payload?)"
                 )
-        return self._cached(version, ["data", self.workspace_crn, keyset, req.table, req.column, binding], str(version),
-                            (keyset, req.table, req.column, bound))
+        return self._cached(version, "data", str(version), keyset, req, binding, bound)
 
-    def _cached(self, version: int | None, label: list[Any], key_id: str, scope: tuple[str, str, str, bytes]) -> ColumnKey:
+    def _cached(
+        self, version: int | None, kind: str, key_id: str, keyset: str, req: KeyRequest,
+        binding: list[Any] | None, bound: bytes,
+    ) -> ColumnKey:
         """Derived keys are cached (bounded LRU) by version and scope (keyset, table, column,
         canonical identity binding). The binding holds the identity's claim values, which only
         ever come from a verified CTS token, so a cache hit never skips the token check."""
-        cache_key = (version, scope)
+        cache_key = (version, (keyset, req.table, req.column, bound))
         with self._lock:
             got = self._cache.get(cache_key)
             if got is not None:
                 self._cache.move_to_end(cache_key)
                 return got
+        label = [kind, self.workspace_crn, keyset, req.table, req.column, binding]
         key = ColumnKey(key_id, self._keyring.derive(version, label, 64))
         with self._lock:
             self.derivations += 1
