@@ -70,14 +70,14 @@ class Operation(Generic[T]):
         :raises TypeError: not a LockContext.
         :raises RuntimeError: the operation already ran.
         """
-        if not isinstance(lock_context, LockContext):
-            raise TypeError("with_lock_context() takes a LockContext")
         if type(lock_context) is not LockContext:
             # a proxy (e.g. lockkit.flask's current_lock_context): bind the lock context it
             # stands for now, so the operation may run later, outside the request
             resolve = getattr(lock_context, "_get_current_object", None)
             if resolve is not None:
                 lock_context = resolve()
+            if not isinstance(lock_context, LockContext):
+                raise TypeError("with_lock_context() takes a LockContext")
         self._check_pending()
         return Operation(self._fn, lock_context, self._audit)
 
@@ -463,10 +463,6 @@ class Encryption:
             kid = data_key.key_id
             enc = data_key.aead().encrypt
             aad = self._aad(tn, cn, data_key.aad_id, lc_names)
-            n = len(values)
-            rnd = os.urandom(12 * n)
-            nonces = [rnd[k : k + 12] for k in range(0, 12 * n, 12)]
-            prefixes = _interleave(rnd, data_key.key_checks(nonces), n)  # nonce | key check, per value
             where = f"{tn}.{cn}"
             kind = col.kind
             text = kind == "text"
@@ -474,32 +470,40 @@ class Encryption:
             match = col.match_index if hasher is not None else None
             out: list[dict[str, Any] | None | LockkitError] = []
             append = out.append
-            for j, value in enumerate(values):
-                if value is None:
-                    append(None)
-                    continue
-                try:
-                    if text and type(value) is str:
-                        raw = b"s" + value.encode()
-                    else:
-                        raw = encode_value(kind, value, where)
-                    o = 16 * j
-                    p: dict[str, Any] = {
-                        "v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid,
-                        "c": b64(prefixes[o : o + 16] + enc(nonces[j], raw, aad), newline=False).decode(),
-                    }
-                    if lc_names:
-                        p["lc"] = list(lc_names)
-                    if hasher is not None:
-                        if eq:
-                            p["hm"] = hasher.equality(pl.index_bytes(kind, value, where))
-                        if match is not None:
-                            p["bf"] = hasher.match(value, match)
-                    append(p)
-                except UnicodeEncodeError:
-                    append(EncryptionError(f"{where}: text is not valid Unicode (lone surrogate?)"))
-                except LockkitError as err:
-                    append(err)
+            # nonces and key checks a chunk at a time: the scratch memory stays small (and in
+            # cache) however long the batch
+            for start in range(0, len(values), _ENCRYPT_CHUNK):
+                part = values[start : start + _ENCRYPT_CHUNK]
+                n = len(part)
+                rnd = os.urandom(12 * n)
+                nonces = [rnd[k : k + 12] for k in range(0, 12 * n, 12)]
+                prefixes = _interleave(rnd, data_key.key_checks(nonces), n)  # nonce | key check, per value
+                for j, value in enumerate(part):
+                    if value is None:
+                        append(None)
+                        continue
+                    try:
+                        if text and type(value) is str:
+                            raw = b"s" + value.encode()
+                        else:
+                            raw = encode_value(kind, value, where)
+                        o = 16 * j
+                        p: dict[str, Any] = {
+                            "v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid,
+                            "c": b64(prefixes[o : o + 16] + enc(nonces[j], raw, aad), newline=False).decode(),
+                        }
+                        if lc_names:
+                            p["lc"] = list(lc_names)
+                        if hasher is not None:
+                            if eq:
+                                p["hm"] = hasher.equality(pl.index_bytes(kind, value, where))
+                            if match is not None:
+                                p["bf"] = hasher.match(value, match)
+                        append(p)
+                    except UnicodeEncodeError:
+                        append(EncryptionError(f"{where}: text is not valid Unicode (lone surrogate?)"))
+                    except LockkitError as err:
+                        append(err)
             results.append(out)
         return results
 
@@ -721,6 +725,8 @@ _Parsed = tuple[str, str, str, str, "tuple[str, ...] | None", bytes]
 _a2b = binascii.a2b_base64
 _PAYLOAD_KEYS = pl.PAYLOAD_KEYS
 _MIN_RAW = pl.MIN_RAW
+#: values per round of nonce and key-check generation while encrypting
+_ENCRYPT_CHUNK = 2048
 #: the fields every payload has (v, k, i, ks, kid, c); lc, hm and bf are optional
 _FAST_KEY_COUNT = 6
 

@@ -3,6 +3,7 @@ key-service call per operation, typed round trips, lock-context forms, keysets, 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import math
@@ -469,6 +470,27 @@ def test_one_key_service_call_for_a_1000_value_bulk(
     dec = _run(client.bulk_decrypt([r.data for r in enc]), lc).unwrap()
     assert key_service.release_calls == calls + 2
     assert [r.data for r in dec] == values
+
+
+def test_a_bulk_longer_than_the_encrypt_chunk_keeps_order_and_fresh_nonces(
+    client: Encryption, users: EncryptedTable, alice: LockContext, key_service: LocalKeyService
+) -> None:
+    """Nonces and key checks are made a chunk at a time: values on both sides of each chunk
+    boundary (and None there) stay in place, each payload has its own nonce, one key call."""
+    from lockkit.client import _ENCRYPT_CHUNK
+
+    n = 2 * _ENCRYPT_CHUNK + 3
+    values: list[str | None] = [f"u{i}@example.com" for i in range(n)]
+    for i in (0, _ENCRYPT_CHUNK - 1, _ENCRYPT_CHUNK, 2 * _ENCRYPT_CHUNK, n - 1):
+        values[i] = None
+    calls = key_service.release_calls
+    enc = [r.unwrap() for r in client.bulk_encrypt(values, column=users.email, table=users).with_lock_context(alice).unwrap()]
+    assert key_service.release_calls == calls + 1
+    assert [e is None for e in enc] == [v is None for v in values]
+    nonces = {base64.b64decode(e["c"])[:12] for e in enc if e is not None}
+    assert len(nonces) == n - 5
+    dec = client.bulk_decrypt(enc).with_lock_context(alice).unwrap()
+    assert [r.unwrap() for r in dec] == values
 
 
 @pytest.mark.parametrize("locked", [True, False], ids=["locked", "unlocked"])

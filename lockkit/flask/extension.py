@@ -223,10 +223,11 @@ def _request_state() -> SimpleNamespace:
 def _authenticate() -> None:
     """Before each request: find and verify the identity token; keep the session's CTS
     token in step with it. Decisions come only from verified tokens."""
-    endpoint = request.endpoint or ""
+    req = request._get_current_object()  # type: ignore[attr-defined]  # the proxies resolved once
+    endpoint = req.endpoint or ""
     if endpoint == "static" or endpoint.endswith(".static"):
         return  # static files never need an identity
-    state = get_state()
+    state: LockKitState = current_app._get_current_object().extensions["lockkit"]  # type: ignore[attr-defined]
     ns = _request_state()
     now = state.clock()
     claims: Claims | None = None
@@ -234,7 +235,7 @@ def _authenticate() -> None:
     token: str | None = None
     found_credential = False
     for p in state.providers:
-        candidate = p.token_from_request(request)
+        candidate = p.token_from_request(req)
         if not candidate:
             continue
         found_credential = True
