@@ -18,8 +18,14 @@ session cookie; the measured requests reuse the same cookie jar and bearer token
 interleaved, each timed as a run of K requests (median of N runs after one warm-up round):
 
 * ``tc_plain`` / ``tc_protected``: Flask's test client (no sockets);
-* ``srv_plain`` / ``srv_protected``: werkzeug's threaded ``make_server`` on 127.0.0.1 and a
-  keep-alive ``requests.Session`` (``trust_env = False``);
+* ``srv_plain`` / ``srv_protected``: werkzeug's threaded ``make_server`` on 127.0.0.1 and
+  ``http.client`` sending the headers a browser sends in the steady state (the protected view:
+  the bearer token and the session cookie as fixed headers; the server sets no cookie in the
+  steady state, which every request checks), so the client's own cost is the same small one
+  for both views;
+* info: ``srv_plain_jar`` / ``srv_protected_jar``: the same server driven by a
+  ``requests.Session`` (``trust_env = False``) whose pure-Python cookie jar handles the
+  session cookie - client-side work a browser does natively, shown for comparison;
 * ``rs256``: one RS256 JWT verification with PyJWT (``jwt.decode`` with a cached public key,
   audience and issuer checked) - the yardstick of the target: added latency <= 2x this;
 * info: ``eddsa`` (the same with the dev provider's algorithm), ``tc_audit`` (protected view
@@ -44,9 +50,9 @@ made right after it.
                        verification for rs256/eddsa), per (requests per run),
                        "net": [{connects_app, connects_client, getaddrinfo, cts_exchanges,
                                 bao_http} - one dict per timed run]}},
-        names: tc_plain, tc_protected, tc_plain_signed_in, srv_plain, srv_protected, rs256,
-        eddsa, tc_audit, tc_bao, tc_example
-     "derived": {"tc"|"srv": {added_us, added_over_rs256, protected_over_plain, added_samples_us}},
+        names: tc_plain, tc_protected, tc_plain_signed_in, srv_plain, srv_protected,
+        srv_plain_jar, srv_protected_jar, rs256, eddsa, tc_audit, tc_bao, tc_example
+     "derived": {"tc"|"srv"|"srv_jar": {added_us, added_over_rs256, protected_over_plain, added_samples_us}},
      "network": {connects_app, connects_client, getaddrinfo, cts_exchanges, requests} - totals over
                 every embedded-mode steady contender's timed runs,
      "network_openbao": {connects_app, bao_http, requests} - the same for tc_bao,
@@ -78,6 +84,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import http.client
+from urllib.parse import urlsplit
 
 import jwt as pyjwt
 import requests
@@ -339,6 +348,35 @@ def _repeat_get(get: Callable[..., Any], path: str, k: int, **kwargs: Any) -> Ca
     return go
 
 
+def _raw_get(url: str, path: str, headers: Mapping[str, str]) -> Any:
+    """GET over a new loopback connection with fixed headers (werkzeug's server closes each
+    connection anyway); the JSON body. Fails on a non-200 answer or a Set-Cookie (the steady
+    state must not change the session)."""
+    import json
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=dict(headers))
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200 or resp.getheader("Set-Cookie") is not None:
+            raise RuntimeError(f"GET {path}: HTTP {resp.status}, Set-Cookie {resp.getheader('Set-Cookie') is not None}"
+                               " (benchmark is broken)")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def _repeat_raw_get(url: str | None, path: str, k: int, headers: Mapping[str, str]) -> Callable[[], None]:
+    assert url is not None
+
+    def go() -> None:
+        for _ in range(k):
+            _raw_get(url, path, headers)
+    return go
+
+
 def _check_json(label: str, got: Any, want: Any) -> None:
     if got != want:
         raise RuntimeError(f"{label}: the response does not carry the note (benchmark is broken)")
@@ -441,6 +479,9 @@ def _measure_all(emb: BenchApp, aud: BenchApp, bao_app: BenchApp, cfg: Mapping[s
     _check_json("protected view over HTTP, steady", r.json(), NOTE)
     if "Set-Cookie" in r.headers:
         raise RuntimeError("steady-state HTTP request changed the session")
+    # what a browser sends in the steady state: the bearer token and the session cookie
+    browser = {**emb.bearer, "Cookie": f"session={s_prot.cookies['session']}"}
+    _check_json("protected view over http.client", _raw_get(emb.url, "/bench/protected", browser), NOTE)
 
     # -- the RS256 yardstick (and EdDSA, the dev provider's algorithm) --------------------
     now = int(time.time())
@@ -467,9 +508,11 @@ def _measure_all(emb: BenchApp, aud: BenchApp, bao_app: BenchApp, cfg: Mapping[s
         "tc_plain": Contender(_repeat_get(tc_plain.get, "/bench/plain", k), k),
         "tc_protected": Contender(_repeat_get(tc_prot.get, "/bench/protected", k, headers=bearer), k),
         "tc_plain_signed_in": Contender(_repeat_get(tc_prot.get, "/bench/plain", k, headers=bearer), k),
-        "srv_plain": Contender(_repeat_get(s_plain.get, f"{emb.url}/bench/plain", k, timeout=30), k),
-        "srv_protected": Contender(_repeat_get(s_prot.get, f"{emb.url}/bench/protected", k, headers=bearer,
-                                               timeout=30), k),
+        "srv_plain": Contender(_repeat_raw_get(emb.url, "/bench/plain", k, {}), k),
+        "srv_protected": Contender(_repeat_raw_get(emb.url, "/bench/protected", k, browser), k),
+        "srv_plain_jar": Contender(_repeat_get(s_plain.get, f"{emb.url}/bench/plain", k, timeout=30), k),
+        "srv_protected_jar": Contender(_repeat_get(s_prot.get, f"{emb.url}/bench/protected", k, headers=bearer,
+                                                   timeout=30), k),
         "rs256": Contender(verify_loop(rs_token, rsa_pub, "RS256"), k),
         "eddsa": Contender(verify_loop(ed_token, ed_pub, "EdDSA"), k),
         "tc_audit": Contender(_repeat_get(tc_aud.get, "/bench/protected", k, headers=aud_bearer), k),
@@ -486,8 +529,8 @@ def _measure_all(emb: BenchApp, aud: BenchApp, bao_app: BenchApp, cfg: Mapping[s
         times, deltas = measure(steady, reps, probe)
     out["steady"] = {name: {**summarise(times[name], c.per), "per": c.per, "net": deltas[name]}
                      for name, c in steady.items()}
-    embedded_rows = ("tc_plain", "tc_protected", "tc_plain_signed_in", "srv_plain", "srv_protected", "tc_audit",
-                     "tc_example")
+    embedded_rows = ("tc_plain", "tc_protected", "tc_plain_signed_in", "srv_plain", "srv_protected",
+                     "srv_plain_jar", "srv_protected_jar", "tc_audit", "tc_example")
     out["network"] = {key: sum(d[key] for name in embedded_rows for d in deltas[name])
                       for key in ("connects_app", "connects_client", "getaddrinfo", "cts_exchanges")}
     out["network"]["requests"] = reps * k * len(embedded_rows)
@@ -497,8 +540,10 @@ def _measure_all(emb: BenchApp, aud: BenchApp, bao_app: BenchApp, cfg: Mapping[s
     st = out["steady"]
     rs = st["rs256"]["samples_us"]
     out["derived"] = {}
-    for tr in ("tc", "srv"):
-        plain, prot = st[f"{tr}_plain"]["samples_us"], st[f"{tr}_protected"]["samples_us"]
+    for tr in ("tc", "srv", "srv_jar"):
+        suffix = "_jar" if tr == "srv_jar" else ""
+        base = "srv" if tr == "srv_jar" else tr
+        plain, prot = st[f"{base}_plain{suffix}"]["samples_us"], st[f"{base}_protected{suffix}"]["samples_us"]
         added = [b - a for a, b in zip(plain, prot)]
         out["derived"][tr] = {
             "added_us": statistics.median(added),
@@ -609,7 +654,7 @@ def _med(xs: list[int] | list[float]) -> float:
 
 LABELS = {
     "tc": "Flask test client",
-    "srv": "werkzeug server + requests.Session",
+    "srv": "werkzeug server + http.client",
 }
 
 
@@ -639,6 +684,10 @@ def report(results: Mapping[str, Any]) -> None:
     print(f"  yardstick: one RS256 JWT verification with PyJWT (2048-bit key, cached public key, aud+iss checked):"
           f" {_us(st['rs256']['median_us'])} us")
     print(f"  info     : the same with EdDSA (the dev provider's algorithm): {_us(st['eddsa']['median_us'])} us")
+    jar = dv.get("srv_jar")
+    if jar:
+        print(f"  info     : the server driven by requests.Session with its cookie jar: added {_us(jar['added_us'])} us"
+              f" ({jar['added_over_rs256']:.2f}x RS256; the jar's pure-Python cookie handling is client-side work)")
 
     print("\ninfo rows (Flask test client, steady state, same runs; 'added' = minus the unprotected view without"
           " credentials, per run):")
@@ -708,8 +757,10 @@ def report(results: Mapping[str, Any]) -> None:
         "               the CTS token, claims binding), the decorator, the lock context and the decrypt.\n"
         "  added/RS256: added over one RS256 verification in the same run; target <= 2x (printed, not asserted).\n"
         "  server     : werkzeug's development server closes every connection (Connection: close), so each request\n"
-        "               is a new loopback connection and thread, for both views alike; the client keeps a cookie jar\n"
-        "               for the protected view (as a browser does), and its cost is part of 'added'.\n"
+        "               is a new loopback connection and thread, for both views alike; client and server share this\n"
+        "               process (and its GIL). The client sends what a browser sends in the steady state (bearer\n"
+        "               token + session cookie as fixed headers; the server sets no cookie, checked per request);\n"
+        "               the extra header bytes are part of 'added'.\n"
         "  network    : socket connects and getaddrinfo are counted in this process while the runs are timed;\n"
         "               0 app connections and 0 exchanges = the steady state makes no network call.\n"
         "  first      : the request that exchanges the identity token for a CTS token (embedded: verify + mint;\n"
