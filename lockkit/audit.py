@@ -11,9 +11,12 @@ Log format: one JSON object per line::
     {"seq": n, "prev": <hex SHA-256 of line n-1>, "event": {...}, "mac": <hex HMAC-SHA256>}
 
 ``mac`` is HMAC-SHA256 under the audit key over ``[seq, prev, event]``; the first entry's
-``prev`` is 64 zeros. A sidecar ``<log>.head`` holds the last ``seq`` and hash, MACed, so that
-cutting entries off the end is detected too. Writers take an exclusive ``flock`` on
-``<log>.lock``, so threads and processes append to one valid chain.
+``prev`` is 64 zeros. A sidecar ``<log>.head`` holds the last ``seq`` and hash and the committed
+size, MACed, so that cutting entries off the end is detected too. The head is one small JSON
+object padded to a fixed size and rewritten in place with a single ``pwrite`` at offset 0 (one
+sector: a process killed mid-write cannot leave half of it). Writers take an exclusive
+``flock`` on ``<log>.lock``, so threads and processes append to one valid chain; every writer
+re-reads the head under the lock.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from .errors import LockkitError
 log = logging.getLogger("lockkit.audit")
 
 GENESIS = "0" * 64
+#: the head file's fixed size: one JSON object, space-padded, newline-terminated (one sector)
+HEAD_BYTES = 256
 OPERATIONS = {"encrypt": "encrypt", "decrypt": "decrypt", "index": "query"}
 
 
@@ -242,9 +247,9 @@ class AuditLog:
         self._thread_lock = threading.Lock()
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        # the head as last read or written, with the head file's identity: re-read (and its MAC
-        # re-checked) only when another writer or process has replaced the file
-        self._head_cache: tuple[tuple[int, int, int], tuple[int, str, int]] | None = None
+        # the head's bytes as last read or written, and what they say: a head read under the
+        # lock that has the same bytes needs no second MAC check
+        self._head_cache: tuple[bytes, tuple[int, str, int]] | None = None
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r})"
@@ -278,79 +283,103 @@ class AuditLog:
         :raises AuditError: the head is missing while the log has entries, or is not genuine.
         """
         try:
-            st = os.stat(self.head_path)
+            fd = os.open(self.head_path, os.O_RDONLY)
         except FileNotFoundError:
-            st = None
-        if st is not None and self._head_cache is not None and self._head_cache[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
-            return self._head_cache[1]
-        try:
-            head = json.loads(self.head_path.read_text())
-        except FileNotFoundError:
-            if self.path.exists() and self.path.stat().st_size > 0:
-                raise AuditError(f"audit head {self.head_path} is missing; run `lockkit audit verify`") from None
-            return 0, GENESIS, 0
-        except (OSError, ValueError) as err:
+            return self._no_head()
+        except OSError as err:
             raise AuditError(f"audit head {self.head_path} is unreadable") from err
-        seq, digest, size = head.get("seq"), head.get("hash"), head.get("size")
+        try:
+            return self._parse_head(os.pread(fd, HEAD_BYTES + 1, 0))
+        except OSError as err:
+            raise AuditError(f"audit head {self.head_path} is unreadable") from err
+        finally:
+            os.close(fd)
+
+    def _no_head(self) -> tuple[int, str, int]:
+        if self.path.exists() and self.path.stat().st_size > 0:
+            raise AuditError(f"audit head {self.head_path} is missing; run `lockkit audit verify`")
+        return 0, GENESIS, 0
+
+    def _parse_head(self, raw: bytes) -> tuple[int, str, int]:
+        cached = self._head_cache
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        if not raw.strip():  # created but never written (a writer died at once): no head yet
+            return self._no_head()
+        try:
+            head = json.loads(raw)
+        except ValueError as err:
+            raise AuditError(f"audit head {self.head_path} is unreadable") from err
+        seq, digest, size = (head.get("seq"), head.get("hash"), head.get("size")) if isinstance(head, dict) else (None,) * 3
         if not (isinstance(seq, int) and isinstance(digest, str) and isinstance(size, int)) or not hmac_equal(
             str(head.get("mac")), self._head_mac(seq, digest, size)
         ):
             raise AuditError(f"audit head {self.head_path} fails its MAC; run `lockkit audit verify`")
-        if st is not None:
-            self._head_cache = ((st.st_ino, st.st_size, st.st_mtime_ns), (seq, digest, size))
+        self._head_cache = (raw, (seq, digest, size))
         return seq, digest, size
 
     def write(self, events: Sequence[AuditEvent]) -> None:
-        """Append events to the chain. The head (written last, atomically) records how many
-        bytes are committed: a write that fails half-way is rolled back, and bytes a failed or
-        killed earlier write left past the committed size are dropped before appending."""
+        """Append events to the chain. The head (written last, in place) records how many bytes
+        are committed: a write that fails half-way is rolled back, and bytes a failed or killed
+        earlier write left past the committed size are dropped before appending."""
         with self._locked():
-            seq, prev, size = self._read_head()
             try:
-                current = self.path.stat().st_size
+                head_fd = os.open(self.head_path, os.O_RDWR)
             except FileNotFoundError:
-                current = 0
+                self._no_head()  # raises when the log has entries: the end of the chain is unknown
+                head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as err:
+                raise AuditError(f"audit head {self.head_path} cannot be opened for writing") from err
+            try:
+                self._append(head_fd, events)
+            finally:
+                os.close(head_fd)
+
+    def _append(self, head_fd: int, events: Sequence[AuditEvent]) -> None:
+        seq, prev, size = self._parse_head(os.pread(head_fd, HEAD_BYTES + 1, 0))
+        lines = []
+        for ev in events:
+            seq += 1
+            body = ev.to_dict()
+            entry = {"seq": seq, "prev": prev, "event": body, "mac": self._entry_mac(seq, prev, body)}
+            line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            prev = hashlib.sha256(line.encode()).hexdigest()
+            lines.append(line + "\n")
+        data = "".join(lines).encode()
+        log_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            current = os.fstat(log_fd).st_size
             if current < size:
                 raise AuditError(f"audit log {self.path} is shorter than its head records (truncated?); "
                                  "run `lockkit audit verify`")
             if current > size:
                 log.warning("audit log %s: dropping %d uncommitted bytes from an interrupted write", self.path, current - size)
-                os.truncate(self.path, size)
-            lines = []
-            for ev in events:
-                seq += 1
-                body = ev.to_dict()
-                entry = {"seq": seq, "prev": prev, "event": body, "mac": self._entry_mac(seq, prev, body)}
-                line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                prev = hashlib.sha256(line.encode()).hexdigest()
-                lines.append(line + "\n")
-            data = "".join(lines).encode()
+                os.ftruncate(log_fd, size)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "ab") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    if self.fsync:
-                        os.fsync(fh.fileno())
+                _write_all(log_fd, data)
+                if self.fsync:
+                    os.fsync(log_fd)
                 new_size = size + len(data)
-                tmp = self.head_path.with_name(self.head_path.name + f".{os.getpid()}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    json.dump({"seq": seq, "hash": prev, "size": new_size, "mac": self._head_mac(seq, prev, new_size)}, fh)
-                    fh.flush()
-                    if self.fsync:
-                        os.fsync(fh.fileno())
-                os.replace(tmp, self.head_path)
-                st = os.stat(self.head_path)
-                self._head_cache = ((st.st_ino, st.st_size, st.st_mtime_ns), (seq, prev, new_size))
+                mac = self._head_mac(seq, prev, new_size)
+                head = json.dumps({"seq": seq, "hash": prev, "size": new_size, "mac": mac}).encode()
+                if len(head) > HEAD_BYTES - 1:  # pragma: no cover - a 19-digit seq and size still fit
+                    raise AuditError("audit head record is too long")
+                raw = head.ljust(HEAD_BYTES - 1) + b"\n"
+                if os.pwrite(head_fd, raw, 0) != len(raw):
+                    raise OSError("short write of the audit head")
+                if self.fsync:
+                    os.fsync(head_fd)
+                self._head_cache = (raw, (seq, prev, new_size))
             except BaseException:
                 self._head_cache = None
                 try:  # roll back: the entries were never committed (the release is refused)
-                    if self.path.exists() and self.path.stat().st_size > size:
-                        os.truncate(self.path, size)
+                    if os.fstat(log_fd).st_size > size:
+                        os.ftruncate(log_fd, size)
                 except OSError:  # pragma: no cover - the next write drops them anyway
                     pass
                 raise
+        finally:
+            os.close(log_fd)
 
     def verify(self) -> Verification:
         """Check the whole file: every entry's MAC, the chain, and the head; name the first bad
@@ -470,6 +499,12 @@ class AuditLog:
     def accessed_by(self, subject: str) -> list[AuditEvent]:
         """Everything ``subject`` did (grants and denials)."""
         return self.query(subject=subject)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def hmac_equal(a: str, b: str) -> bool:

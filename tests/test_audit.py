@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -565,12 +566,65 @@ def test_transient_head_failure_leaves_a_valid_chain(
                    token_service=token_service)
     alice = c.lock_context().identify(idp.mint("alice")).unwrap()
     c.encrypt("one", column="body", table="notes").with_lock_context(alice).unwrap()
-    blocker = log.head_path.with_name(log.head_path.name + f".{os.getpid()}.tmp")
-    blocker.mkdir()  # the head's temp file cannot be created: a stand-in for a full disk
-    assert c.encrypt("two", column="body", table="notes").with_lock_context(alice).result().failure is not None
-    blocker.rmdir()  # the disk has room again
+    size = log.path.stat().st_size
+    with _unwritable(log.head_path):  # the head cannot be written: a stand-in for a failing disk
+        res = c.encrypt("two", column="body", table="notes").with_lock_context(alice).result()
+        assert res.failure is not None and "audit" in res.failure.message
+        assert log.path.stat().st_size == size  # the entry was rolled back
     c.encrypt("three", column="body", table="notes").with_lock_context(alice).unwrap()
-    assert log.verify().ok
+    assert log.verify().ok and [e.operation for e in events(log)] == ["encrypt", "encrypt"]
+
+
+@contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """``path`` refuses writes for real: immutable (``chattr +i``) when running as root, whom
+    file modes do not stop; read-only otherwise."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o400)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+
+
+def test_a_head_written_by_lockkit_0_1_is_read_and_rewritten_in_place(
+    tmp_path: Path, keyring: Keyring, token_service: Any, idp: LocalIssuer
+) -> None:
+    """Earlier heads were unpadded JSON replaced by rename; they still verify and are
+    rewritten in place, padded to the fixed size, by the next write."""
+    from lockkit.audit import HEAD_BYTES
+
+    log = AuditLog(tmp_path / "audit.log", audit_key(keyring))
+    c = Encryption([NOTES], key_service=LocalKeyService(keyring, token_service.verifier(), auditor=Auditor([log])),
+                   token_service=token_service)
+    alice = c.lock_context().identify(idp.mint("alice")).unwrap()
+    c.encrypt("one", column="body", table="notes").with_lock_context(alice).unwrap()
+    assert log.head_path.stat().st_size == HEAD_BYTES
+    head = json.loads(log.head_path.read_text())
+    log.head_path.write_text(json.dumps(head))  # the old layout: same object, no padding
+    fresh = AuditLog(tmp_path / "audit.log", audit_key(keyring))
+    assert fresh.verify().ok
+    c2 = Encryption([NOTES], key_service=LocalKeyService(keyring, token_service.verifier(), auditor=Auditor([fresh])),
+                    token_service=token_service)
+    c2.encrypt("two", column="body", table="notes").with_lock_context(alice).unwrap()
+    assert fresh.head_path.stat().st_size == HEAD_BYTES and fresh.verify().ok
+    assert [seq for seq, _ in fresh.events()] == [1, 2]
+
+
+def test_an_empty_head_with_an_empty_log_starts_the_chain(tmp_path: Path, keyring: Keyring) -> None:
+    """A writer killed right after creating the head leaves it empty; with no entries yet,
+    the next writer starts the chain."""
+    log = AuditLog(tmp_path / "audit.log", audit_key(keyring))
+    log.head_path.touch()
+    log.write([AuditEvent(time.time(), WORKSPACE, "default", "local", "encrypt", "notes", "body", 1, "granted", "alice")])
+    assert log.verify().ok and [seq for seq, _ in log.events()] == [1]
 
 
 def test_log_never_claims_a_grant_that_was_refused(
