@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,6 +247,30 @@ def _child_env(db_path: Path, ring_path: Path, secret: str, home: Path) -> dict[
     }
 
 
+KILL_AFTER = 12  # committed batches of one row before the child kills itself
+
+# `flask notes rekey --batch-size 1`, with the example's storage wrapped so that the process
+# SIGKILLs itself right after its N-th committed batch (nothing is mocked: real rekey, real
+# commits, a real kill).
+_KILLED_REKEY = """
+import os, signal, sys
+from examples.flask_clerk import admin
+limit = int(sys.argv[1])
+write = admin.NotesRekeyStorage.write
+done = [0]
+def write_then_maybe_die(self, rows):
+    n = write(self, rows)
+    done[0] += 1
+    if done[0] >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n
+admin.NotesRekeyStorage.write = write_then_maybe_die
+from flask.cli import main
+sys.argv = ["flask", "--app", "examples.flask_clerk", "notes", "rekey", "--batch-size", "1"]
+main()
+"""
+
+
 def test_rekey_killed_mid_run_then_run_again_loses_and_skips_nothing(
     apps: Apps, ring_path: Path, db_path: Path, example_env: str, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -256,30 +279,21 @@ def test_rekey_killed_mid_run_then_run_again_loses_and_skips_nothing(
     total = 2 * len(notes_before) + len(tags_before)
     rotate(ring_path)
 
+    # the real CLI in a child that SIGKILLs itself right after its KILL_AFTER-th committed batch:
+    # a kill mid-run at a known point, however fast the rekey runs on this machine
     child = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "examples.flask_clerk", "notes", "rekey", "--batch-size", "1"],
+        [sys.executable, "-c", _KILLED_REKEY, str(KILL_AFTER)],
         cwd=tmp_path, env=_child_env(db_path, ring_path, example_env, tmp_path),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        moved = 0
-        while time.monotonic() < deadline:  # bounded polling: kill as soon as a few rows moved
-            moved = sum(1 for _, _, p, _ in db_rows(db_path)[1] if p["kid"] == "2")
-            if moved >= 3:
-                break
-            try:
-                child.wait(timeout=0.005)
-                break  # exited (before moving enough rows: asserted below)
-            except subprocess.TimeoutExpired:
-                pass
-        child.send_signal(signal.SIGKILL)
-        out = child.communicate(timeout=30)[0].decode(errors="replace")
+        out = child.communicate(timeout=120)[0].decode(errors="replace")
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
     assert child.returncode == -signal.SIGKILL, f"the rekey ended before it was killed: {out[-2000:]}"
+    moved = sum(1 for _, _, p, _ in db_rows(db_path)[1] if p["kid"] == "2")
     assert moved >= 3
 
     # after the kill: every row is wholly old or wholly new, none lost; search finds both
