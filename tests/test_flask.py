@@ -532,6 +532,14 @@ def test_current_lock_context_without_identity_raises(app: Flask) -> None:
             _ = current_lock_context.identity_claim
 
 
+@pytest.mark.parametrize("claim", [[], ["sub", "sub"], ["not a claim!"], "x" * 200])
+def test_a_bad_identity_claim_setting_fails_at_init(claim: Any) -> None:
+    from lockkit import ClientInitError
+
+    with pytest.raises(ClientInitError, match="LOCKKIT_IDENTITY_CLAIM"):
+        make_app(LOCKKIT_IDENTITY_CLAIM=claim)
+
+
 def test_current_lock_context_follows_the_configured_identity_claim() -> None:
     app = make_app(LOCKKIT_IDENTITY_CLAIM=["sub", "scopes"])
     with app.test_request_context("/", headers=bearer(_mint(app, "alice", scope="notes:read"))):

@@ -58,6 +58,20 @@ def test_lock_context_from_token_does_not_exchange(token_service: EmbeddedTokenS
         pickle.dumps(lc)
 
 
+def test_with_token_keeps_the_claims_and_service(token_service: EmbeddedTokenService, idp: LocalIssuer) -> None:
+    template = LockContext(identity_claim=("sub", "scopes"), token_service=token_service)
+    tok = token_service.authorize(idp.mint("alice"))
+    calls = token_service.calls
+    bound = template.with_token(tok)
+    assert bound is not template and template.cts_token is None  # the template is unchanged
+    assert bound.identity_claim == ("sub", "scopes") and bound.require_token() is tok
+    assert token_service.calls == calls  # no exchange
+    again = bound.identify(idp.mint("alice")).unwrap()  # the same token service exchanges
+    assert token_service.calls == calls + 1 and again.identity_claim == ("sub", "scopes")
+    with pytest.raises(TypeError):
+        template.with_token({"accessToken": "t", "expiry": 1})  # type: ignore[arg-type]
+
+
 def test_require_token_errors() -> None:
     with pytest.raises(LockContextError, match="Call identify first"):
         LockContext().require_token()
