@@ -13,8 +13,6 @@ import hmac
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from dataclasses import field as dc_field
 from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
 
@@ -795,19 +793,18 @@ def _is_payload(value: Any) -> bool:
     return pl.is_payload(value)
 
 
-@dataclass(slots=True)
 class _Group:
     """Payloads of one header in a decrypt batch (internal)."""
 
-    table: str
-    column: str
-    kid: str
-    lc: tuple[str, ...] | None
-    error: LockkitError | None = None
-    index: list[int] = dc_field(default_factory=list)
-    nonces: list[bytes] = dc_field(default_factory=list)
-    checks: list[bytes] = dc_field(default_factory=list)
-    bodies: list[bytes] = dc_field(default_factory=list)
+    __slots__ = ("table", "column", "kid", "lc", "error", "index", "nonces", "checks", "bodies")
+
+    def __init__(self, table: str, column: str, kid: str, lc: tuple[str, ...] | None) -> None:
+        self.table, self.column, self.kid, self.lc = table, column, kid, lc
+        self.error: LockkitError | None = None
+        self.index: list[int] = []
+        self.nonces: list[bytes] = []
+        self.checks: list[bytes] = []
+        self.bodies: list[bytes] = []
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -8,7 +8,6 @@ configured extra claims. Key services verify it with :class:`CtsVerifier` (algor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -155,8 +154,8 @@ def jwks_document(keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
 class CtsVerifier:
     """Verifies CTS tokens (EdDSA pinned, issuer, workspace audience, expiry).
 
-    Verified claims are cached by the token's SHA-256 until the token expires, so a batch (or
-    a request) pays for one signature check. Thread-safe.
+    Verified claims are cached by token until the token expires, so a batch (or a request)
+    pays for one signature check. Thread-safe.
     """
 
     def __init__(
@@ -172,7 +171,7 @@ class CtsVerifier:
             public_keys if callable(public_keys) else (lambda: public_keys)
         )
         self._keys = dict(self._source())
-        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
+        self._cache: OrderedDict[str, Claims] = OrderedDict()  # token -> its verified claims
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.verifications = 0
@@ -185,17 +184,16 @@ class CtsVerifier:
         now = time.time() if now is None else now
         if not isinstance(access_token, str) or len(access_token) > MAX_CTS_TOKEN_BYTES:
             raise LockContextError("CTS token rejected: malformed")
-        digest = hashlib.sha256(access_token.encode()).digest()
         with self._lock:
-            cached = self._cache.get(digest)
+            cached = self._cache.get(access_token)  # a str: its hash is computed once per object
         if cached is not None:
             if now >= cached["exp"]:
                 raise LockContextError(EXPIRED_MESSAGE)
             return cached
         claims = self._verify_uncached(access_token, now)
         with self._lock:
-            self._cache[digest] = claims
-            self._cache.move_to_end(digest)
+            self._cache[access_token] = claims
+            self._cache.move_to_end(access_token)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return claims

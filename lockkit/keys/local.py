@@ -38,6 +38,20 @@ def identity_binding(claims: Claims, claim_names: Sequence[str]) -> list[Any]:
     return [claims["idp"], [[n, claim_value(claims, n)] for n in claim_names]]
 
 
+def _kid_version(kid: str) -> int:
+    """The key version a local payload's key id names, or 0: canonical decimal only (no "01",
+    " 1", "+1"). Valid ones are remembered (a store holds few distinct versions)."""
+    version = int(kid) if kid.isascii() and kid.isdigit() and len(kid) <= 9 else 0
+    if str(version) != kid or version < 1:
+        return 0
+    if len(_KIDS) < 256:
+        _KIDS[kid] = version
+    return version
+
+
+_KIDS: dict[str, int] = {}
+
+
 class LocalKeyService:
     """Derives keys from a :class:`Keyring` with HKDF; verifies CTS tokens with ``verifier``.
 
@@ -141,8 +155,8 @@ class LocalKeyService:
             version = self._keyring.primary
         else:
             kid = req.key_id or ""
-            version = int(kid) if kid.isascii() and kid.isdigit() and len(kid) <= 9 else 0
-            if str(version) != kid or version < 1:  # canonical decimal only: no "01", " 1", "+1"
+            version = _KIDS.get(kid) or _kid_version(kid)
+            if not version:
                 return DecryptionError(f"payload key id {kid[:40]!r} is not a local key version")
             if not self._keyring.has_version(version):
                 return DecryptionError(
@@ -155,15 +169,14 @@ class LocalKeyService:
         self, version: int | None, kind: str, key_id: str, keyset: str, req: KeyRequest,
         binding: list[Any] | None, bound: bytes,
     ) -> ColumnKey:
-        """Derived keys are cached (bounded LRU) by version and scope (keyset, table, column,
-        canonical identity binding). The binding holds the identity's claim values, which only
-        ever come from a verified CTS token, so a cache hit never skips the token check."""
+        """Derived keys are cached (bounded, oldest first out) by version and scope (keyset,
+        table, column, canonical identity binding). The binding holds the identity's claim
+        values, which only ever come from a verified CTS token, so a cache hit never skips the
+        token check."""
         cache_key = (version, (keyset, req.table, req.column, bound))
-        with self._lock:
-            got = self._cache.get(cache_key)
-            if got is not None:
-                self._cache.move_to_end(cache_key)
-                return got
+        got = self._cache.get(cache_key)  # one dict read: atomic, no lock needed
+        if got is not None:
+            return got
         label = [kind, self.workspace_crn, keyset, req.table, req.column, binding]
         key = ColumnKey(key_id, self._keyring.derive(version, label, 64))
         with self._lock:
