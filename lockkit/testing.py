@@ -1,4 +1,4 @@
-"""Test helpers: a real OIDC issuer on loopback.
+"""Test helpers: a real OIDC issuer on loopback, and a signed-in Flask test client.
 
 :class:`LocalIssuer` signs real JWTs with keys it generates and publishes them as a JWKS over
 HTTP on ``127.0.0.1``, so tests and demos exercise the same verification path as production,
@@ -7,6 +7,12 @@ with no account and no network::
     with LocalIssuer() as idp:
         verifier = OIDCVerifier(idp.issuer_config())
         claims = verifier.verify(idp.mint("alice"))
+
+:func:`signed_in_client` gives an app's own tests a Flask test client that is already signed
+in, with the CTS token in its session (the steady state)::
+
+    client = signed_in_client(app, "alice")          # the dev provider mints alice's token
+    client.get("/notes")                              # a protected view: 200, no exchange
 
 For tests only: keys are throwaway and the server has no authentication.
 """
@@ -30,7 +36,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from lockkit.oidc import IssuerConfig
 
-__all__ = ["LocalIssuer"]
+__all__ = ["LocalIssuer", "signed_in_client"]
+
+#: a path no app serves: the seeding request only needs lockkit's middleware to run
+SEED_PATH: Final = "/__lockkit_testing_seed__"
 
 JWKS_PATH: Final = "/.well-known/jwks.json"
 DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
@@ -358,3 +367,42 @@ def _make_handler(issuer: LocalIssuer) -> type[BaseHTTPRequestHandler]:
             """Silence per-request logging (tests must stay quiet)."""
 
     return _Handler
+
+
+def signed_in_client(app: Any, sub: str | None = None, *, token: str | None = None, **claims: Any) -> Any:
+    """A test client of ``app`` that sends an identity token with every request
+    (``Authorization: Bearer``) and whose session already holds the CTS token exchanged for it,
+    so the test's own requests run in the steady state.
+
+    :param sub: mint the token with the app's dev provider (``LOCKKIT_PROVIDERS`` includes
+        ``"dev"``), with ``claims`` added (e.g. ``scope="notes:write"``).
+    :param token: or pass an identity token the app accepts (e.g. ``LocalIssuer.mint(...)``
+        for an app that trusts that issuer).
+    :raises ValueError: neither or both of ``sub`` and ``token``.
+    :raises RuntimeError: ``sub`` without the dev provider, or the app did not accept the
+        token (no CTS token in the session after the seeding request).
+    """
+    from flask.sessions import SessionMixin
+
+    from .flask import get_state
+
+    if (sub is None) == (token is None):
+        raise ValueError("pass sub= (minted by the dev provider) or token=, not both")
+    if token is None:
+        dev = app.extensions.get("lockkit_dev")
+        if dev is None:
+            raise RuntimeError('signed_in_client(sub=...) needs the dev provider (LOCKKIT_PROVIDERS = ["dev"]); '
+                               "or pass token=")
+        token = dev.mint(sub, **claims)
+    elif claims:
+        raise ValueError("claims go with sub=; a token= already carries its claims")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    client.get(SEED_PATH)  # lockkit's middleware verifies the token and stores the CTS token
+    key = get_state(app).session_key
+    with client.session_transaction() as session:
+        assert isinstance(session, SessionMixin)
+        if key not in session:
+            raise RuntimeError("the app did not accept the identity token: no CTS token in the session "
+                               "(is its issuer one of the app's providers?)")
+    return client

@@ -251,3 +251,60 @@ def test_issuer_config_overrides(idp: LocalIssuer) -> None:
     assert config.authorized_parties == ("web",)
     with pytest.raises(ConfigurationError, match="not allowed"):
         idp.issuer_config(algorithms=("HS256",))
+
+
+# -- signed_in_client ------------------------------------------------------------------------
+
+
+def test_signed_in_client_starts_in_the_steady_state() -> None:
+    from lockkit.testing import signed_in_client
+
+    from .flask_support import exchanges, json_of, make_app
+
+    app = make_app()
+    client = signed_in_client(app, "alice")
+    assert exchanges(app) == 1  # the seeding request exchanged the token
+    for _ in range(3):
+        assert json_of(client.get("/api/me")) == {"sub": "alice"}
+    written = client.post("/api/notes", json={"body": "hi"})
+    assert written.status_code == 200
+    read = client.post("/api/notes/read", json={"payload": json_of(written)["payload"]})
+    assert json_of(read) == {"body": "hi"}
+    assert exchanges(app) == 1  # the test's own requests made none
+    bob = signed_in_client(app, "bob")
+    assert bob.post("/api/notes/read", json={"payload": json_of(written)["payload"]}).status_code == 403
+
+
+def test_signed_in_client_passes_claims_and_takes_any_accepted_token(idp: LocalIssuer) -> None:
+    from lockkit.testing import signed_in_client
+
+    from .flask_support import cookie_value, json_of, loopback_config, make_app, stored_cts
+
+    app = make_app(LOCKKIT_IDENTITY_CLAIM=["sub", "scopes"])
+    client = signed_in_client(app, "alice", scope="notes:read notes:write")
+    assert client.get("/api/me").status_code == 200
+    stored = stored_cts(app, cookie_value(client))
+    assert stored is not None
+    cts_claims = jwt.decode(stored["tok"], options={"verify_signature": False})
+    assert cts_claims["sub"] == "alice" and sorted(cts_claims["scopes"]) == ["notes:read", "notes:write"]
+    other = make_app(**loopback_config(idp))
+    via_token = signed_in_client(other, token=idp.mint("carol", ttl=600))
+    assert json_of(via_token.get("/api/me")) == {"sub": "carol"}
+
+
+def test_signed_in_client_refuses_what_it_cannot_do(idp: LocalIssuer) -> None:
+    from lockkit.testing import signed_in_client
+
+    from .flask_support import loopback_config, make_app
+
+    app = make_app()
+    with pytest.raises(ValueError, match="not both"):
+        signed_in_client(app)
+    with pytest.raises(ValueError, match="not both"):
+        signed_in_client(app, "alice", token="x")
+    with pytest.raises(ValueError, match="claims go with sub"):
+        signed_in_client(app, token=idp.mint("alice"), scope="x")
+    with pytest.raises(RuntimeError, match="did not accept"):
+        signed_in_client(app, token=idp.mint("alice"))  # this app does not trust the loopback issuer
+    with pytest.raises(RuntimeError, match="needs the dev provider"):
+        signed_in_client(make_app(**loopback_config(idp)), "alice")
