@@ -290,8 +290,10 @@ def test_bob_gets_404_for_alice_note_and_no_key_is_released(
     assert len(subjects) == seen and "alice" not in subjects
 
     assert _raw_row(sqlite_path, target) == before
+    calls = ks.release_calls
     note = alice.client.get(f"/api/notes/{target}").get_json()
     assert note == {"id": target, "title": PLAN["title"], "body": PLAN["body"], "tags": ["strategy", "workplace"]}
+    assert ks.release_calls == calls + 1  # title, body and tags: one key-service call
 
 
 def test_bob_finds_nothing_of_alice(alice: User, alice_notes: dict[str, int], bob: User, sqlite_path: Path) -> None:

@@ -117,10 +117,12 @@ class NoteStore:
             return []
         tags = self._tags([r[0] for r in rows])
         ids = [r[0] for r in rows]  # audit events name the notes that were opened
+        # one operation (one key-service call) for the notes and their tags, each payload checked
+        # against its own column
         models = [{"title": loads(r[1]), "body": loads(r[2])} for r in rows]
+        models += [{"tag": p} for r in rows for p in tags.get(r[0], [])]
         plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=ids).with_lock_context(self.lc).unwrap()
-        flat = [p for r in rows for p in tags.get(r[0], [])]
-        opened = iter(r.unwrap() for r in self.client.bulk_decrypt(flat).audit(records=ids).with_lock_context(self.lc).unwrap())
+        opened = iter(m["tag"] for m in plain[len(rows):])
         notes = []
         for r, m in zip(rows, plain):
             note_tags = sorted(next(opened) for _ in tags.get(r[0], []))
