@@ -21,7 +21,7 @@ every worker with the same ``SECRET_KEY``). Checked before load: ``GET /api/note
 the Bearer header and the cookie answers 200 with the note and sets no cookie.
 
 Load: **wrk** (2 threads, 8 connections, keep-alive) requests ``GET /api/notes/<id>`` (SQLite
-read of the note and its tags, two decrypt operations, JSON) for a fixed time (10 s; 3 s with
+read of the note and its tags, one decrypt operation, JSON) for a fixed time (10 s; 3 s with
 ``--quick``) after an untimed warm-up, runs interleaved (embedded, OpenBao, floor, then again;
 3 repetitions, 1 with ``--quick``). The ``floor`` is an unauthenticated JSON route of the same
 embedded server (``/lockkit/dev/jwks.json``: Flask, the example's hooks and lockkit's

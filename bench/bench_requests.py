@@ -30,7 +30,7 @@ interleaved, each timed as a run of K requests (median of N runs after one warm-
   audience and issuer checked) - the yardstick of the target: added latency <= 2x this;
 * info: ``eddsa`` (the same with the dev provider's algorithm), ``tc_audit`` (protected view
   with the built-in audit log on), ``tc_bao`` (protected view on the OpenBao backend, data key
-  cached), ``tc_example`` (the example's own ``/api/notes/<id>``: SQLite read + 2 decrypts).
+  cached), ``tc_example`` (the example's own ``/api/notes/<id>``: SQLite read + one decrypt operation).
 
 Zero network calls: during the measured runs ``socket.socket.connect``/``connect_ex`` and
 ``socket.getaddrinfo`` are wrapped with counters (instrumentation, nothing is mocked), and the
@@ -722,7 +722,7 @@ def report(results: Mapping[str, Any]) -> None:
                         ("tc_protected", "protected view (the row above)"),
                         ("tc_audit", "protected view, built-in audit log on (one event per key release)"),
                         ("tc_bao", "protected view, OpenBao backend (data key cached)"),
-                        ("tc_example", "example app's own GET /api/notes/<id> (SQLite read + 2 decrypts)")):
+                        ("tc_example", "example app's own GET /api/notes/<id> (SQLite read + one decrypt operation)")):
         s = st[name]
         added = statistics.median(b - a for a, b in zip(plain, s["samples_us"]))
         print(f"  {label:70} {_us(s['median_us']):>7} us   added {_us(added):>7} us")
