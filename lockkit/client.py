@@ -721,7 +721,6 @@ class Encryption:
 
 _Parsed = tuple[str, str, str, str, "tuple[str, ...] | None", bytes]
 _a2b = binascii.a2b_base64
-_PAYLOAD_KEYS = pl.PAYLOAD_KEYS
 _MIN_RAW = pl.MIN_RAW
 #: values per round of nonce and key-check generation while encrypting
 _ENCRYPT_CHUNK = 2048
@@ -729,45 +728,10 @@ _ENCRYPT_CHUNK = 2048
 _FAST_KEY_COUNT = 6
 
 
-_LC_SEEN: dict[tuple[Any, ...], bool] = {}
-
-
-def _claim_names(lc: Any) -> tuple[str, ...] | None:
-    """``lc`` as a tuple of claim names if it is a non-empty list of strings (memoised: a
-    store holds few distinct lists), else ``None``."""
-    if type(lc) is not list or not lc:
-        return None
-    t = tuple(lc)
-    try:
-        ok = _LC_SEEN.get(t)
-        if ok is None:
-            ok = all(type(n) is str for n in t)
-            if len(_LC_SEEN) < 1024:
-                _LC_SEEN[t] = ok
-    except TypeError:  # an unhashable member: not a list of names
-        return None
-    return t if ok else None
-
-
 def _parse(obj: Any) -> _Parsed | LockkitError:
-    """A payload's (table, column, keyset, kid, lock claims, raw ciphertext), or the error.
-    A fast path for well-formed dicts; anything unusual goes through :func:`payload.parse`,
-    which says precisely what is wrong."""
-    if type(obj) is dict:
-        try:
-            v, i = obj["v"], obj["i"]
-            if type(v) is int and v == 1 and obj["k"] == "ct" and obj.keys() <= _PAYLOAD_KEYS and type(i) is dict:
-                t, c, ks, kid, cc, lc = i["t"], i["c"], obj["ks"], obj["kid"], obj["c"], obj.get("lc")
-                lct = None if lc is None else _claim_names(lc)
-                if (
-                    len(i) == 2 and type(t) is str and type(c) is str and type(ks) is str
-                    and type(kid) is str and type(cc) is str and (lc is None or lct is not None)
-                ):
-                    raw = _a2b(cc, strict_mode=True)
-                    if len(raw) >= _MIN_RAW:
-                        return (t, c, ks, kid, lct, raw)
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            pass
+    """A payload's (table, column, keyset, kid, lock claims, raw ciphertext), or the error that
+    says precisely what is wrong with it (the path for payloads the decrypt fast path did not
+    take)."""
     try:
         p = pl.parse(obj)
     except LockkitError as err:
