@@ -225,7 +225,7 @@ class Encryption:
         def run(lc: LockContext | None) -> list[Result[dict[str, Any] | None]]:
             t = self._table(table)
             outs = self._encrypt_batches([(t, t.column(column), values)], lc)[0]
-            return _as_results(outs)
+            return ok_results(outs)
         return Operation(run, lock_context)
 
     def stream_encrypt(
@@ -283,7 +283,7 @@ class Encryption:
         payloads = list(payloads)
 
         def run(lc: LockContext | None) -> list[Result[Any]]:
-            return _as_results(self._decrypt_items(payloads, lc))
+            return ok_results(self._decrypt_items(payloads, lc))
         return Operation(run, lock_context)
 
     def encrypt_model(
@@ -781,12 +781,3 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 def _as_result(o: Any) -> Result[Any]:
     return Result.from_error(o) if isinstance(o, LockkitError) else Result(o)
-
-
-def _as_results(outs: list[Any]) -> list[Result[Any]]:
-    """Per-item results of a bulk operation (the common all-succeeded case made cheaply)."""
-    results = ok_results(outs)
-    for i, o in enumerate(outs):
-        if isinstance(o, LockkitError):
-            results[i] = Result.from_error(o)
-    return results

@@ -204,11 +204,15 @@ _new = object.__new__
 
 
 def ok_results(values: Any) -> list[Result[Any]]:
-    """``[Result(v) for v in values]`` for the bulk paths, without a Python ``__init__`` call
-    per item (a Result is made for every value of a bulk operation)."""
+    """Per-item results of a bulk operation, in one pass: ``Result(v)`` for each value, and
+    ``Result.from_error(v)`` for a :class:`LockkitError` among them; without a Python
+    ``__init__`` call per item (a Result is made for every value of a bulk operation)."""
     out: list[Result[Any]] = []
     append = out.append
     for v in values:
+        if isinstance(v, LockkitError):
+            append(Result.from_error(v))
+            continue
         r = _new(Result)
         _set_data(r, v)
         _set_failure(r, None)
