@@ -44,3 +44,16 @@ def test_result_is_immutable_and_repr_hides_data() -> None:
     f = Failure("DecryptionError", "m")
     with pytest.raises(AttributeError):
         f.message = "x"  # type: ignore[misc]
+
+
+def test_ok_results_turns_values_into_results_and_errors_into_failures() -> None:
+    from lockkit.errors import DecryptionError, ok_results
+
+    payload = {"v": 1}
+    out = ok_results(["a", None, payload, DecryptionError("tampered"), 0])
+    assert [r.data for r in out] == ["a", None, payload, None, 0]
+    assert out[2].data is payload  # no copies
+    assert [r.failure for r in out] == [None, None, None, Failure("DecryptionError", "tampered"), None]
+    assert out[0] == Result("a") and out[3] == Result.from_error(DecryptionError("tampered"))
+    with pytest.raises(AttributeError):
+        out[0].data = "b"  # type: ignore[misc]  # still immutable
