@@ -593,18 +593,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def strict_json_loads(raw: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes: no duplicate member names, no NaN/Infinity, no runaway
+    nesting. Used for everything lockkit parses from the wire (tokens, JWKS, CTS requests and
+    answers).
+
+    :raises ValueError: not such JSON.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except RecursionError as err:
+        raise ValueError("JSON nested too deeply") from err
+
+
 def _decode_segment(segment: str, what: str) -> dict[str, Any]:
     """Decode one base64url JSON-object segment of a compact JWS."""
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != segment:
             raise ValueError("non-canonical base64url")
-        data = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, binascii.Error, RecursionError) as err:
+        data = strict_json_loads(raw)
+    except (ValueError, binascii.Error) as err:
         raise InvalidCredentialError(
             "token is malformed", detail=f"token {what} is not base64url JSON: {err}"
         ) from err

@@ -33,7 +33,6 @@ Behaviour: a timeout on every call; only connection errors, timeouts and 5xx are
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -51,7 +50,7 @@ from jwt.algorithms import OKPAlgorithm
 from ..config import parse_crn
 from ..errors import ConfigurationError, CtsTokenError, LockContextError
 from ..identity import CtsToken
-from ..oidc import Claims, RefreshSchedule, fetch_jwks_document
+from ..oidc import Claims, RefreshSchedule, fetch_jwks_document, strict_json_loads
 from .embedded import CTS_ALGORITHM, MAX_CTS_TOKEN_BYTES, CtsUnavailableError, CtsVerifier
 
 __all__ = [
@@ -124,37 +123,13 @@ def _read_limited(response: requests.Response, limit: int) -> bytes:
     return bytes(body)
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _loads(raw: bytes) -> Any:
-    """Strict JSON: no duplicate members, no NaN/Infinity.
-
-    :raises ValueError: not such JSON.
-    """
-    try:
-        return json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except (UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(str(err)) from err
-
-
 def _refusal_reason(raw: bytes, secret: str) -> str:
     """A short, printable reason from a refusal body (lockkit's JSON, the reference's JSON or
     plain text), with ``secret`` (the identity token) redacted should the server echo it."""
     text = raw.decode("utf-8", errors="replace").strip()
     reason = text
     try:
-        data = _loads(raw)
+        data = strict_json_loads(raw)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -292,7 +267,7 @@ class RemoteTokenService:
     @staticmethod
     def _token(raw: bytes, now: float | None) -> CtsToken:
         try:
-            data = _loads(raw)
+            data = strict_json_loads(raw)
         except ValueError as err:
             raise CtsTokenError("The CTS answered 200 with a body that is not JSON") from err
         if not isinstance(data, dict):
@@ -436,7 +411,7 @@ class RemoteCtsVerifier:
         self._last_error = None
 
     def _fetch(self) -> dict[str, Ed25519PublicKey]:
-        data = _loads(fetch_jwks_document(self.jwks_url, session=self._session, timeout=self.timeout))
+        data = strict_json_loads(fetch_jwks_document(self.jwks_url, session=self._session, timeout=self.timeout))
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("JWKS document has no 'keys' list")
         keys: dict[str, Ed25519PublicKey] = {}

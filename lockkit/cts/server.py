@@ -33,6 +33,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..config import Settings, load_settings, parse_crn
 from ..errors import CtsTokenError, IdentityError
+from ..oidc import strict_json_loads
 from .embedded import CtsUnavailableError, EmbeddedTokenService
 
 if TYPE_CHECKING:
@@ -99,29 +100,14 @@ def _json(status: int, body: dict[str, Any], *, cache: str = "no-store") -> Resp
     return response
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def _parse_authorize_body(raw: bytes) -> tuple[str, str]:
     """``(workspaceId, oidcToken)`` from a request body.
 
     :raises _BadRequest: not a JSON object with two non-empty string fields.
     """
     try:
-        data = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        data = strict_json_loads(raw)
+    except ValueError as err:
         raise _BadRequest("the request body must be a JSON object") from err
     if not isinstance(data, dict):
         raise _BadRequest("the request body must be a JSON object")
