@@ -673,13 +673,7 @@ class Encryption:
                 if field in model:
                     items.append(_Item(table, col, model[field]))
                     slots.append((m_i, field))
-        outs = self._encrypt_items(items, lc)
-        result = [dict(m) for m in models]
-        for (m_i, field), o in zip(slots, outs):
-            if isinstance(o, LockkitError):
-                raise type(o)(f"{field}: {o.message}") from o
-            result[m_i][field] = o
-        return result
+        return _fill_models(models, slots, self._encrypt_items(items, lc))
 
     def _decrypt_models(
         self, models: list[Mapping[str, Any]], table: EncryptedTable | str | None, lc: LockContext | None
@@ -707,13 +701,7 @@ class Encryption:
                 payloads.append(value)
                 expected.append(want)
                 slots.append((m_i, field))
-        outs = self._decrypt_items(payloads, lc, expected)
-        result = [dict(m) for m in models]
-        for (m_i, field), o in zip(slots, outs):
-            if isinstance(o, LockkitError):
-                raise type(o)(f"{field}: {o.message}") from o
-            result[m_i][field] = o
-        return result
+        return _fill_models(models, slots, self._decrypt_items(payloads, lc, expected))
 
     def __repr__(self) -> str:
         return f"Encryption(workspace_crn={self.workspace_crn!r}, keyset={self.keyset!r}, tables={list(self._tables)})"
@@ -748,6 +736,17 @@ def _interleave(nonces: bytes, checks: bytes, n: int) -> bytes:
     words, nw, cw = memoryview(out).cast("I"), memoryview(nonces).cast("I"), memoryview(checks).cast("I")
     words[0::4], words[1::4], words[2::4], words[3::4] = nw[0::3], nw[1::3], nw[2::3], cw
     return bytes(out)
+
+
+def _fill_models(models: Sequence[Mapping[str, Any]], slots: list[tuple[int, str]], outs: list[Any]) -> list[dict[str, Any]]:
+    """Copies of ``models`` with each ``(model index, field)`` slot set to its output; the first
+    failed item fails the operation, naming its field."""
+    result = [dict(m) for m in models]
+    for (m_i, field), o in zip(slots, outs):
+        if isinstance(o, LockkitError):
+            raise type(o)(f"{field}: {o.message}") from o
+        result[m_i][field] = o
+    return result
 
 
 def _is_payload(value: Any) -> bool:
