@@ -41,6 +41,25 @@ class CtsUnavailableError(CtsTokenError):
     Its failure type is still ``CtsTokenError``; web apps answer 503 for it."""
 
 
+def verify_identity_jwt(
+    router: IssuerRouter | None, idp_jwt: str, now: float, *, untrusted: str = ""
+) -> tuple[TokenVerifier, Claims]:
+    """The verifier that accepted ``idp_jwt`` and its verified claims, with a token service's
+    errors: the first step of every ``authorize``.
+
+    :raises CtsTokenError: no issuer is trusted (``untrusted`` says how to fix it), or the JWT
+        was rejected; :class:`CtsUnavailableError` when the issuer's keys could not be fetched.
+    """
+    if router is None:
+        raise CtsTokenError(f"The JWT was rejected by CTS: no identity provider is trusted {untrusted}".rstrip())
+    try:
+        return router.verify(idp_jwt, now=now)
+    except ProviderUnavailableError as err:
+        raise CtsUnavailableError(f"CTS could not verify the JWT: {err.message}") from err
+    except IdentityError as err:
+        raise CtsTokenError(f"The JWT was rejected by CTS: {err.message}") from err
+
+
 def normalise_scopes(claims: Mapping[str, Any]) -> list[str]:
     """Scopes from ``scope`` (space-separated), ``scp`` or ``scopes`` (string or list), sorted."""
     found: set[str] = set()
@@ -89,18 +108,11 @@ class EmbeddedTokenService:
         """
         with self._lock:
             self.calls += 1
-        if self._router is None:
-            raise CtsTokenError(
-                "The JWT was rejected by CTS: no identity provider is trusted "
-                "(add an [[issuers]] table to lockkit.toml or set LOCKKIT_TRUSTED_ISSUER)"
-            )
         now = time.time() if now is None else now
-        try:
-            verifier, idp_claims = self._router.verify(idp_jwt, now=now)
-        except ProviderUnavailableError as err:
-            raise CtsUnavailableError(f"CTS could not verify the JWT: {err.message}") from err
-        except IdentityError as err:
-            raise CtsTokenError(f"The JWT was rejected by CTS: {err.message}") from err
+        verifier, idp_claims = verify_identity_jwt(
+            self._router, idp_jwt, now,
+            untrusted="(add an [[issuers]] table to lockkit.toml or set LOCKKIT_TRUSTED_ISSUER)",
+        )
         return self.mint(idp_claims, namespace=verifier.namespace, now=now)
 
     def mint(self, idp_claims: Claims, *, namespace: str, now: float | None = None) -> CtsToken:

@@ -39,15 +39,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..audit import AuditError, Auditor, record_release
 from ..config import OpenBaoConfig
-from ..cts.embedded import CtsUnavailableError
+from ..cts.embedded import CtsUnavailableError, verify_identity_jwt
 from ..errors import (
     CtsTokenError,
     DecryptionError,
     EncryptionError,
-    IdentityError,
     LockContextError,
     LockkitError,
-    ProviderUnavailableError,
 )
 from ..identity import EXPIRED_MESSAGE, CtsToken
 from ..oidc import IssuerRouter, TokenVerifier
@@ -198,15 +196,8 @@ class OpenBaoTokenService:
         """:raises CtsTokenError: the JWT was rejected (by lockkit or OpenBao);
         :class:`CtsUnavailableError` when OpenBao or the IdP's keys are unreachable."""
         self.calls += 1
-        if self._router is None:
-            raise CtsTokenError("The JWT was rejected by CTS: no identity provider is trusted")
         now = time.time() if now is None else now
-        try:
-            _, claims = self._router.verify(idp_jwt, now=now)
-        except ProviderUnavailableError as err:
-            raise CtsUnavailableError(f"CTS could not verify the JWT: {err.message}") from err
-        except IdentityError as err:
-            raise CtsTokenError(f"The JWT was rejected by CTS: {err.message}") from err
+        _, claims = verify_identity_jwt(self._router, idp_jwt, now)
         sub = claims["sub"]
         key = key_name(self.config, sub)
         path = f"auth/{self.config.auth_mount}/{'cel/login' if self.config.login == 'cel' else 'login'}"
