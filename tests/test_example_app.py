@@ -6,7 +6,9 @@ released), sign-out and a replayed cookie, validation, PostgreSQL, and
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
 import secrets
 import sqlite3
@@ -394,6 +396,46 @@ def test_with_redis_sessions_the_old_cookie_is_dead_after_sign_out(redis_notes_a
     assert replay.get("/api/notes").status_code == 401
     assert location(replay.get(f"/notes/{note}")).startswith("/lockkit/dev/login")
     assert "Quarterly planning" not in text(replay.get("/"))
+
+
+# -- the Clerk sign-in page ---------------------------------------------------------------
+def _clerk_example(example_env: str, sqlite_path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    publishable = "pk_test_" + base64.b64encode(b"fancy-fox-12.clerk.accounts.dev$").decode().rstrip("=")
+    return example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_PROVIDERS=["clerk"],
+                       CLERK_PUBLISHABLE_KEY=publishable, CLERK_JWT_KEY=pem,
+                       CLERK_AUTHORIZED_PARTIES="http://localhost")
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("javascript:alert(document.cookie)", "/"),
+    ("JaVaScRiPt:fetch('/api/notes')", "/"),
+    ("https://evil.example/phish", "/"),
+    ("//evil.example/x", "/"),
+    ("/\\evil.example", "/"),
+    ("data:text/html,<script>alert(1)</script>", "/"),
+    ("/notes/new", "/notes/new"),
+    ("/search?tag=household", "/search?tag=household"),
+])
+def test_clerk_sign_in_page_sends_only_same_site_paths_to_the_browser(
+    example_env: str, sqlite_path: Path, given: str, kept: str
+) -> None:
+    """The Clerk sign-in page hands ``next`` to ``window.location`` and to Clerk's redirect, so
+    a ``javascript:`` URL there would run in this origin (reading the user's decrypted notes)
+    and another host would be an open redirect: only a same-site path reaches the page."""
+    with _clerk_example(example_env, sqlite_path) as app:
+        assert app.config["NOTES_SIGN_IN"] == "clerk"
+        page = app.test_client().get("/signin", query_string={"next": given})
+        assert page.status_code == 200
+        body = page.get_data(as_text=True)
+        sent = re.findall(r'new URL\(("(?:[^"\\]|\\.)*"), window\.location\.href\)', body)
+        assert [json.loads(v) for v in sent] == [kept, "/"], sent
+        assert "evil.example" not in body and "javascript:" not in body.lower()
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from flask import Blueprint, abort, current_app, flash, jsonify, redirect, rende
 
 from lockkit.errors import EncryptionError
 from lockkit.flask import current_claims, current_lock_context, get_state, lock_context_required
+from lockkit.provider import safe_next
 
 from .db import Database
 from .notes import NoteStore, ValidationError, clean, notes_table
@@ -62,7 +63,9 @@ def _list_page(notes: list[Any], heading: str, **extra: Any) -> Any:
 
 @bp.get("/signin")
 def signin() -> Any:
-    nxt = request.args.get("next", "/")
+    # a same-site path only: the Clerk page hands it to window.location and Clerk's redirect,
+    # where a "javascript:" URL would run in this origin and another host would be an open redirect
+    nxt = safe_next(request.args.get("next"))
     if current_app.config["NOTES_SIGN_IN"] == "dev":
         return redirect(url_for("lockkit_dev.login", next=nxt))
     return render_template("signin_clerk.html", next=nxt)
