@@ -638,14 +638,27 @@ def test_required_scopes_still_need_an_identity() -> None:
     assert resp.status_code == 401 and json_of(resp) == {"error": "missing"}
 
 
-def test_options_passes_the_decorator(app: Flask, client: FlaskClient) -> None:
-    @app.route("/api/preflight", methods=["GET", "OPTIONS"])
-    @lock_context_required
-    def preflight() -> dict[str, str]:
-        return {"method": request.method}
+@pytest.mark.parametrize("scopes", [(), ("admin",)])
+def test_options_is_answered_without_running_the_view(app: Flask, client: FlaskClient, scopes: tuple[str, ...]) -> None:
+    """A CORS preflight (no credentials) gets Flask's default OPTIONS answer; the protected view
+    never runs for it, with or without an identity or the required scopes."""
+    ran: list[str] = []
 
-    assert json_of(client.options("/api/preflight")) == {"method": "OPTIONS"}
-    assert client.get("/api/preflight").status_code == 401
+    @app.route("/api/purge", methods=["POST", "OPTIONS"])
+    @lock_context_required(scopes=scopes)
+    def purge() -> dict[str, str]:
+        ran.append(request.method)
+        return {"purged": "yes"}
+
+    for headers in ({}, bearer(_mint(app, "mallory"))):
+        resp = client.options("/api/purge", headers=headers)
+        assert resp.status_code == 200 and b"purged" not in resp.data
+        assert set(resp.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    assert ran == []
+    assert client.post("/api/purge").status_code == 401
+    resp = client.post("/api/purge", headers=bearer(_mint(app, "mallory")))
+    assert resp.status_code == (403 if scopes else 200)
+    assert ran == ([] if scopes else ["POST"])
 
 
 def _handler(reason: str, status: int) -> Response:

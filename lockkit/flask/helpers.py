@@ -78,8 +78,8 @@ def lock_context_required(fn: F | None = None, *, scopes: Iterable[str] = ()) ->
 
     HTML pages without one are redirected to sign-in (and back); API paths get 401 JSON with a
     coarse reason (``missing``, ``expired``, ``invalid``). An outage answers 503
-    (``unavailable``); missing ``scopes`` answer 403 (``insufficient_scope``). ``OPTIONS``
-    passes through.
+    (``unavailable``); missing ``scopes`` answer 403 (``insufficient_scope``). ``OPTIONS`` (a
+    CORS preflight, sent without credentials) gets Flask's default answer; the view does not run.
     """
     required = frozenset(scopes)
 
@@ -87,7 +87,10 @@ def lock_context_required(fn: F | None = None, *, scopes: Iterable[str] = ()) ->
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.method == "OPTIONS":
-                return current_app.ensure_sync(view)(*args, **kwargs)
+                # a CORS preflight carries no credentials: answer it as Flask does (Allow
+                # header; CORS extensions add theirs after the request) without running the
+                # view, which would otherwise run unauthenticated
+                return current_app.make_default_options_response()
             ns = _request_state()
             if ns.cts is None:
                 return refused_response(ns.reason, 503 if ns.unavailable else 401)
