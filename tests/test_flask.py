@@ -218,6 +218,21 @@ def test_the_steady_state_memo_is_bounded(app: Flask, client: FlaskClient) -> No
     assert ("sealed0", "token", "ns") not in memo and (f"sealed{extension._SESSION_MEMO_SIZE + 49}", "token", "ns") in memo
 
 
+def test_the_app_state_repr_shows_no_credentials(app: Flask, client: FlaskClient) -> None:
+    """The memo is keyed by identity tokens and sealed session values: a debugger, a log line
+    or an error reporter printing the app state shows neither."""
+    token = _mint(app, "alice")
+    payload = _write(client, token, "alice's secret")
+    assert _read(client, token, payload) == (200, {"body": "alice's secret"})  # the steady state
+    state = get_state(app)
+    assert state.session_memo, "the steady-state memo holds the signed-in user"
+    shown = repr(state)
+    assert token not in shown and token.split(".")[1] not in shown
+    for sealed, _, _ in state.session_memo:
+        assert sealed not in shown and sealed[:24] not in shown
+    assert "session_memo" not in shown
+
+
 def test_an_operation_chained_with_current_lock_context_can_run_after_the_request(app: Flask) -> None:
     """``.with_lock_context(current_lock_context)`` binds the request's lock context, not the
     proxy: the operation still runs once the request has ended."""

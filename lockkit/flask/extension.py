@@ -70,12 +70,12 @@ class LockKitState:
     extension: LockKit | None = None
     #: the clock the middleware reads; tests inject one instead of patching time
     clock: Callable[[], float] = time.time
-    clients: dict[tuple[str, ...], Encryption] = field(default_factory=dict)
+    clients: dict[tuple[str, ...], Encryption] = field(default_factory=dict, repr=False)
     #: steady-state requests: (sealed session value, identity token, provider namespace) ->
     #: the CTS token it holds, once it was found to match that verified identity. A pure
     #: function's memo (unseal + claims binding); the identity token is still verified and the
-    #: expiry still checked on every request. Bounded.
-    session_memo: dict[tuple[str, str, str], CtsToken] = field(default_factory=dict)
+    #: expiry still checked on every request. Bounded. Its keys are credentials: not in repr.
+    session_memo: dict[tuple[str, str, str], CtsToken] = field(default_factory=dict, repr=False)
 
     @property
     def identity_claim(self) -> tuple[str, ...]:
