@@ -792,6 +792,47 @@ def test_org_id_claim_shares_within_an_org(client: Encryption, users: EncryptedT
     assert client.decrypt(mine).with_lock_context(identify("bob", org_id="acme")).failure is not None
 
 
+@pytest.mark.parametrize("org", [None, "", [], {}])
+def test_a_null_or_empty_lock_claim_is_no_identity(
+    client: Encryption, users: EncryptedTable, identify: Identify, org: Any
+) -> None:
+    """Users whose org_id is null or empty must not share an "empty org" lock: every operation
+    that would bind a key to it is refused before any key is released."""
+    claim = ("org_id",)
+    alice = identify("alice", identity_claim=claim, org_id=org)
+    bob = identify("bob", identity_claim=claim, org_id=org)
+    real = identify("carol", identity_claim=claim, org_id="acme")
+    payload = client.encrypt("x", column=users.email, table=users).with_lock_context(real).unwrap()
+    ops = [
+        client.encrypt("secret", column=users.email, table=users),
+        client.bulk_encrypt(["secret"], column=users.email, table=users),
+        client.encrypt_model({"email": "secret"}, users),
+        client.encrypt_query("secret", column=users.email, table=users),
+        client.decrypt(payload),
+        client.decrypt_model({"email": payload}, users),
+    ]
+    for op in ops:
+        for lc in (alice, bob):
+            res = op.with_lock_context(lc).result()
+            assert res.failure is not None and res.failure.type == "LockContextError", op
+            assert "null or empty" in res.failure.message
+    bulk = client.bulk_decrypt([payload]).with_lock_context(bob).result()
+    assert bulk.failure is not None and bulk.failure.type == "LockContextError"
+
+
+def test_a_scopes_only_lock_needs_scopes(client: Encryption, users: EncryptedTable, identify: Identify) -> None:
+    """Locking to scopes alone: a token without scopes has no identity to lock to (with sub
+    in the lock, no scopes is a fine value: sub tells users apart)."""
+    unscoped = identify("alice", identity_claim=("scopes",))
+    res = client.encrypt("x", column=users.email, table=users).with_lock_context(unscoped).result()
+    assert res.failure is not None and res.failure.type == "LockContextError" and "all empty" in res.failure.message
+    with_sub = identify("alice", identity_claim=("sub", "scopes"))
+    payload = client.encrypt("x", column=users.email, table=users).with_lock_context(with_sub).unwrap()
+    assert client.decrypt(payload).with_lock_context(with_sub).unwrap() == "x"
+    other = identify("bob", identity_claim=("sub", "scopes"))
+    assert client.decrypt(payload).with_lock_context(other).failure is not None
+
+
 # -- keysets -------------------------------------------------------------------------------
 
 

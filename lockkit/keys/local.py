@@ -30,12 +30,32 @@ def claim_value(claims: Claims, name: str) -> Any:
             f"The lock context names the claim {name!r}, which the CTS token does not carry "
             "(the identity token lacks it, or it is not listed in [cts] claims)"
         )
-    return ctx[name]
+    value = ctx[name]
+    if _is_empty(value):
+        # null or empty is no identity: every user without the claim would share the lock
+        raise LockContextError(
+            f"The CTS token's claim {name!r} is null or empty, so it cannot lock a value to an "
+            "identity (lock to another claim, or give the user a value for it)"
+        )
+    return value
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and not value)
 
 
 def identity_binding(claims: Claims, claim_names: Sequence[str]) -> list[Any]:
-    """What keys are bound to: the identity namespace, then each claim's name and value."""
-    return [claims["idp"], [[n, claim_value(claims, n)] for n in claim_names]]
+    """What keys are bound to: the identity namespace, then each claim's name and value.
+
+    :raises LockContextError: a claim is absent, null or empty, or the lock names only
+        ``scopes`` and the token has none (no identity left to lock to)."""
+    pairs = [[n, claim_value(claims, n)] for n in claim_names]
+    if all(_is_empty(v) for _, v in pairs):
+        raise LockContextError(
+            f"The lock context's claims {list(claim_names)} are all empty in the CTS token: no "
+            "identity to lock to (lock to sub, or to a claim the user has a value for)"
+        )
+    return [claims["idp"], pairs]
 
 
 def _kid_version(kid: str) -> int:
