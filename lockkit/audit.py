@@ -412,7 +412,9 @@ class AuditLog:
         if text and not text.endswith("\n"):
             last = text.count("\n") + 1
             return Verification(False, last - 1, Problem(last, None, "partial last line (truncated mid-entry)"))
-        for n, line in enumerate(text.splitlines(), start=1):
+        # entries end with "\n" only; str.splitlines() would also break at U+2028, U+2029
+        # or U+0085, which JSON leaves raw inside strings (a record id, a subject)
+        for n, line in enumerate(text.split("\n")[:-1], start=1):
             try:
                 entry = json.loads(line)
                 e_seq, e_prev, body, mac = entry["seq"], entry["prev"], entry["event"], entry["mac"]

@@ -723,6 +723,31 @@ def test_untouched_log_verifies(ten: AuditLog) -> None:
     assert result.ok and result.entries == 10 and result.problem is None
 
 
+def test_line_separators_inside_entries_verify(tmp_path: Path, keyring: Keyring, token_service: Any,
+                                               idp: LocalIssuer) -> None:
+    """JSON keeps U+2028, U+2029 and U+0085 raw inside strings: a record id, metadata or an
+    identity provider's subject carrying one must not break the log's verification (nor hide
+    a later tampering behind a false alarm)."""
+    log = AuditLog(tmp_path / "audit.log", audit_key(keyring))
+    c = Encryption([NOTES], key_service=LocalKeyService(keyring, token_service.verifier(), auditor=Auditor([log])),
+                   token_service=token_service)
+    odd = c.lock_context().identify(idp.mint("mallory\x85")).unwrap()
+    p = c.encrypt("x", column="body", table="notes").audit(records=["note-1\u2028x"], why="a\u2029b").with_lock_context(odd).unwrap()
+    c.decrypt(p).audit(records=["\x85\u2028\u2029"]).with_lock_context(odd).unwrap()
+    assert "\u2028" in log.path.read_text(encoding="utf-8")  # written raw: the case under test
+    result = log.verify()
+    assert result.ok and result.entries == 2, result.problem
+    assert [(s, e.subject, e.records) for s, e in log.events()] == [
+        (1, "mallory\x85", ("note-1\u2028x",)), (2, "mallory\x85", ("\x85\u2028\u2029",))]
+    # a later edit is still found, at its own entry
+    lines = log.path.read_text(encoding="utf-8").split("\n")
+    assert '"count":1' in lines[1]
+    lines[1] = lines[1].replace('"count":1', '"count":2')
+    log.path.write_text("\n".join(lines), encoding="utf-8")
+    result = log.verify()
+    assert not result.ok and result.problem is not None and (result.problem.line, result.problem.seq) == (2, 2)
+
+
 @pytest.mark.parametrize("name", list(TAMPERS))
 def test_tampering_is_detected_at_the_right_entry(name: str, ten: AuditLog) -> None:
     tamper, line, seq, reason = TAMPERS[name]
