@@ -21,6 +21,7 @@ Mounted on the ``keys`` group of :mod:`lockkit.cli` by :func:`add_key_lifecycle_
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -64,23 +65,57 @@ def _payloads(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
             yield from _payloads(v, depth + 1)
 
 
+#: a payload's ``"k": "ct"`` in any quoting a dump may use: JSON, JSON text inside JSON
+#: (``\\"``), CSV (``""``), a Python repr (``'``)
+_MARKER = re.compile(r'(?:\\?["\']){1,2}k(?:\\?["\']){1,2}\s*:\s*(?:\\?["\']){1,2}ct(?:\\?["\']){1,2}')
+
+
+def _objects(line: str) -> Iterator[Any]:
+    """The JSON objects inside a line of other text (``psql -At`` with several columns gives
+    ``{...}|{...}``)."""
+    decoder = json.JSONDecoder()
+    at = line.find("{")
+    while at != -1:
+        try:
+            obj, end = decoder.raw_decode(line, at)
+        except ValueError:
+            at = line.find("{", at + 1)
+            continue
+        yield obj
+        at = line.find("{", end)
+
+
 def count_key_usage(stream: TextIO) -> Counter[str]:
     """Payloads per key id (``vault:v<n>`` for OpenBao data keys) in ``stream``: one JSON
-    document, or one JSON value (or bare payload text) per line."""
+    document, or lines each holding JSON values (one per line, or several among other text).
+
+    :raises click.ClickException: the input holds payload text that could not be read (CSV
+        quoting, a cut line...): a partial count could call a key version unused when it is
+        not, and retiring it would lose those values.
+    """
     text = stream.read()
     counts: Counter[str] = Counter()
     try:
         docs: list[Any] = [json.loads(text)]
     except ValueError:
-        docs = [line for line in text.splitlines() if line.strip()]
-    for doc in docs:
-        if isinstance(doc, str):
-            try:
-                doc = json.loads(doc)
-            except ValueError:
+        docs = []
+        for line in text.splitlines():
+            if not line.strip():
                 continue
+            try:
+                docs.append(json.loads(line))
+            except ValueError:
+                docs.extend(_objects(line))
+    for doc in docs:
         for p in _payloads(doc):
             counts[kid_label(p["kid"])] += 1
+    seen = len(_MARKER.findall(text))
+    if seen > sum(counts.values()):
+        raise click.ClickException(
+            f"{seen - sum(counts.values())} of {seen} payloads in the input could not be read, so "
+            "nothing is counted: give one payload per line (e.g. `psql -At -c 'SELECT col FROM tbl'`) "
+            "or JSON (e.g. `sqlite3 -json`), not CSV"
+        )
     return counts
 
 

@@ -510,6 +510,37 @@ def test_lockkit_keys_usage_counts_payloads_per_key(keys_group: click.Group, tmp
     assert "no payloads found" in CliRunner().invoke(keys_group, ["usage"], input="nothing\n").output
 
 
+def test_lockkit_keys_usage_reads_several_columns_and_refuses_what_it_cannot_read(
+    keys_group: click.Group, tmp_path: Path
+) -> None:
+    """A count that misses payloads could call a key version unused before `retire` (values
+    lost): payloads among other text are found, and payload text that cannot be read fails the
+    command instead of being skipped."""
+    import csv
+    import io
+
+    p1 = {"v": 1, "k": "ct", "i": {"t": "t", "c": "c"}, "ks": "default", "kid": "1", "c": "AAAA"}
+    p2 = dict(p1, kid="2")
+    # psql -At with two columns: "p1|p2" per row
+    res = CliRunner().invoke(keys_group, ["usage"], input=f"{json.dumps(p1)}|{json.dumps(p2)}\n7|{json.dumps(p1)}\n")
+    assert res.exit_code == 0, res.output
+    assert [line.split() for line in res.output.splitlines()[1:]] == [["1", "2"], ["2", "1"]]
+    # sqlite3 -csv doubles the quotes: not JSON; refused, not "no payloads found"
+    out = io.StringIO()
+    csv.writer(out).writerows([[1, json.dumps(p1), json.dumps(p2)], [2, json.dumps(p1), ""]])
+    res = CliRunner().invoke(keys_group, ["usage"], input=out.getvalue())
+    assert res.exit_code != 0 and "3 of 3 payloads" in res.output and "no payloads found" not in res.output
+    # one cut line among good ones: refused too
+    cut = json.dumps(p1)[:-10]
+    res = CliRunner().invoke(keys_group, ["usage"], input="\n".join([json.dumps(p1), cut, json.dumps(p2)]))
+    assert res.exit_code != 0 and "1 of 3 payloads" in res.output
+    # JSON text inside JSON (sqlite3 -json), escaped quotes and all, is still read
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps([{"id": 1, "a": json.dumps(p2), "b": json.dumps(p2)}]))
+    res = CliRunner().invoke(keys_group, ["usage", str(dump)])
+    assert res.exit_code == 0 and [line.split() for line in res.output.splitlines()[1:]] == [["2", "2"]]
+
+
 # -- OpenBao: the app's token rotates and rewraps; never decrypts ------------------------------
 def _app_token(bao: Any) -> str:
     from lockkit.keys.openbao_setup import APP_POLICY
