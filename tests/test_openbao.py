@@ -20,6 +20,7 @@ from lockkit.keys.openbao import (
     OpenBaoKeyService,
     OpenBaoTokenService,
     decode_token,
+    encode_token,
     key_name,
 )
 from lockkit.keys.openbao_setup import APP_POLICY, setup
@@ -87,6 +88,33 @@ def test_server_refuses_bob_on_every_transit_path_of_alices_key(
                                     "expiry": bob.cts_token.expiry if bob.cts_token else 0})
     res = client.decrypt(enc).with_lock_context(forged)
     assert res.failure is not None and res.failure.type == "LockContextError"
+
+
+def test_a_cached_data_key_never_serves_a_token_naming_another_users_key(
+    backend: str, client: Encryption, idp: LocalIssuer
+) -> None:
+    """Data keys are cached per (OpenBao token, key name) that OpenBao accepted: bob's token
+    with alice's key name (and subject) written into the CTS token misses the cache and goes to
+    OpenBao, which refuses it, even for bob's own values and with his data key cached. (Served
+    from the cache, the audit would name alice as the reader of bob's note.)"""
+    bob = login(client, idp, "bob")
+    b_tok, _, _ = parts(bob)
+    ks = client.key_service
+    assert isinstance(ks, OpenBaoKeyService)
+    mine = client.encrypt("bob's note", column="body", table=notes).with_lock_context(bob).unwrap()
+    assert client.decrypt(mine).with_lock_context(bob).unwrap() == "bob's note"
+    calls = ks.transit_calls
+    assert client.decrypt(mine).with_lock_context(bob).unwrap() == "bob's note"
+    assert ks.transit_calls == calls  # bob's data key is cached
+    alice_key = key_name(ks.config, "alice")
+    forged = LockContext(cts_token={"accessToken": encode_token(b_tok, alice_key, "alice"),
+                                    "expiry": bob.cts_token.expiry if bob.cts_token else 0})
+    res = client.decrypt(mine).with_lock_context(forged).result()
+    assert res.failure is not None and res.data is None, res
+    assert ks.transit_calls == calls + 1  # asked OpenBao, which refused
+    # bob's own token still reads from the cache
+    assert client.decrypt(mine).with_lock_context(bob).unwrap() == "bob's note"
+    assert ks.transit_calls == calls + 1
 
 
 @pytest.mark.parametrize("pair", [("ALICE", "alice"), ("auth0|6543", "AUTH0|6543"), ("alice@example.com", "Alice@Example.com"),

@@ -159,6 +159,11 @@ def encode_token(bao_token: str, key: str, sub: str) -> str:
     return TOKEN_PREFIX + base64.urlsafe_b64encode(doc).decode().rstrip("=")
 
 
+def _token_id(bao: str, key: str) -> bytes:
+    """What the data-key caches are keyed by: the OpenBao token and the key it was used with."""
+    return hashlib.sha256(f"{bao}\x00{key}".encode()).digest()
+
+
 def decode_token(access_token: str) -> tuple[str, str, str]:
     """``(openbao token, key name, subject)`` from an OpenBao-mode CTS token.
 
@@ -268,7 +273,10 @@ class OpenBaoKeyService:
         with self._lock:
             self.release_calls += 1
             self.last_subject = sub
-        token_id = hashlib.sha256(bao.encode()).digest()
+        # cached data keys belong to (OpenBao token, key name): only OpenBao checks that a token
+        # may use a key, so a hit must be for the pair OpenBao accepted, not for the token with
+        # another key name (or subject) written into the CTS token
+        token_id = _token_id(bao, key)
         out: list[ColumnKey | LockkitError | None] = [
             None if r.locked else err_cls(unlocked_msg) for r in requests  # per item: one bad item never sinks a batch
         ]
@@ -461,8 +469,8 @@ class OpenBaoKeyService:
 
     def forget(self, cts_token: CtsToken) -> None:
         """Drop cached data keys of a token (sign-out, identity switch)."""
-        bao, _, _ = decode_token(cts_token.access_token)
-        tid = hashlib.sha256(bao.encode()).digest()
+        bao, key, _ = decode_token(cts_token.access_token)
+        tid = _token_id(bao, key)
         with self._lock:
             for k in [k for k in self._deks if k[0] == tid]:
                 del self._deks[k]
