@@ -68,7 +68,7 @@ def build_services(
     from .keys.keyring import load_keyring
     from .keys.local import LocalKeyService
 
-    keyring = load_keyring(settings.keyring_path, settings.keyring_json)
+    keyring = load_keyring(settings.keyring_path, settings.keyring_json, settings.workspace_crn)
     auditor = build_auditor(settings, keyring, audit_sinks)
     if settings.cts_endpoint:
         # a token service elsewhere: it verifies identity JWTs itself; this process's key

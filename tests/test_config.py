@@ -94,3 +94,27 @@ def test_inline_keyring_env_wins_over_path(tmp_path: Path) -> None:
     s = load_settings(env={"LOCKKIT_WORKSPACE_CRN": "crn:local:ws", "LOCKKIT_KEYRING_JSON": "{}"}, cwd=tmp_path)
     assert s.keyring_path is None and s.keyring_json == "{}"
     assert "{}" not in repr(s)
+
+
+def test_a_keyring_of_another_workspace_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys and payload headers name the keyring's workspace: two apps configured as different
+    workspaces must not silently share one keyring (each would read the other's values)."""
+    from lockkit import encrypted_column, encrypted_table
+    from lockkit.config import Settings
+    from lockkit.cts import build_token_service
+    from lockkit.keys.keyring import Keyring
+
+    monkeypatch.chdir(tmp_path)
+    shared = Keyring.generate("crn:local:shared").to_json()
+    users = encrypted_table("users", name=encrypted_column("name"))
+    for crn in ("crn:local:tenant-a", "crn:local:tenant-b"):
+        with pytest.raises(ConfigurationError, match="belongs to workspace 'crn:local:shared'.*names '" + crn):
+            Encryption([users], settings=Settings(workspace_crn=crn, keyring_json=shared))
+        with pytest.raises(ConfigurationError, match="belongs to workspace"):
+            build_token_service(Settings(workspace_crn=crn, keyring_json=shared))
+    path = tmp_path / "keyring.json"
+    Keyring.generate("crn:local:shared").save(path)
+    with pytest.raises(ConfigurationError, match=f"keyring \\({path}\\) belongs to workspace"):
+        Encryption([users], settings=Settings(workspace_crn="crn:local:tenant-a", keyring_path=path))
+    client = Encryption([users], settings=Settings(workspace_crn="crn:local:shared", keyring_json=shared))
+    assert client.workspace_crn == "crn:local:shared"

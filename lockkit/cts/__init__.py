@@ -36,7 +36,7 @@ def build_token_service(settings: Settings) -> EmbeddedTokenService:
         raise ConfigurationError("in OpenBao mode OpenBao's JWT login is the token service; there is no CTS to serve")
     if settings.cts_endpoint:
         raise ConfigurationError("LOCKKIT_CTS_ENDPOINT points at a remote token service; unset it to serve one here")
-    keyring = load_keyring(settings.keyring_path, settings.keyring_json)
+    keyring = load_keyring(settings.keyring_path, settings.keyring_json, settings.workspace_crn)
     return EmbeddedTokenService(
         workspace_crn=settings.workspace_crn,
         keyring=keyring,

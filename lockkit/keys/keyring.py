@@ -262,13 +262,22 @@ class Keyring:
         raise TypeError("Keyring holds key material and cannot be pickled")
 
 
-def load_keyring(path: Path | None, inline_json: str | None) -> Keyring:
-    """The keyring named by settings: inline JSON wins over a path.
+def load_keyring(path: Path | None, inline_json: str | None, workspace_crn: str | None = None) -> Keyring:
+    """The keyring named by settings: inline JSON wins over a path. With ``workspace_crn``, the
+    keyring must belong to that workspace (keys and payload headers name the keyring's).
 
-    :raises ConfigurationError: missing or bad keyring.
+    :raises ConfigurationError: missing or bad keyring, or another workspace's.
     """
     if inline_json:
-        return Keyring.from_json(inline_json, source="LOCKKIT_KEYRING_JSON")
-    if path is None:
+        keyring = Keyring.from_json(inline_json, source="LOCKKIT_KEYRING_JSON")
+    elif path is None:
         raise ConfigurationError("no keyring configured: run `lockkit init` or set LOCKKIT_KEYRING")
-    return Keyring.load(path)
+    else:
+        keyring = Keyring.load(path)
+    if workspace_crn is not None and keyring.workspace_crn != workspace_crn:
+        where = "LOCKKIT_KEYRING_JSON" if inline_json else str(path)
+        raise ConfigurationError(
+            f"the keyring ({where}) belongs to workspace {keyring.workspace_crn!r}, but the configuration "
+            f"names {workspace_crn!r}: point LOCKKIT_KEYRING at that workspace's keyring, or fix workspace_crn"
+        )
+    return keyring
