@@ -115,6 +115,32 @@ def payload_kid(payload: Any) -> str:
     return kid
 
 
+def _as_dicts(payloads: Sequence[Any]) -> tuple[list[Payload | None], list[bool]]:
+    """Payloads given as dicts or as JSON text (as a text column holds them), each as a dict,
+    and which were text (they are given back as text).
+
+    :raises DecryptionError: an item is neither ``None``, a dict nor a payload's JSON text.
+    """
+    items: list[Payload | None] = []
+    texts: list[bool] = []
+    for p in payloads:
+        text = isinstance(p, str | bytes)
+        if text:
+            try:
+                p = json.loads(p)
+            except (ValueError, UnicodeDecodeError, RecursionError) as err:
+                raise DecryptionError("rekey: not a lockkit payload: invalid JSON") from err
+        if p is not None and not isinstance(p, Mapping):
+            raise DecryptionError(f"rekey: not a lockkit payload: a {type(p).__name__}")
+        items.append(None if p is None else dict(p))
+        texts.append(text)
+    return items, texts
+
+
+def _as_given(out: list[Payload | None], texts: list[bool]) -> list[Payload | str | None]:
+    return [json.dumps(p, separators=(",", ":")) if t and p is not None else p for p, t in zip(out, texts)]
+
+
 def kid_label(kid: str) -> str:
     """A key id as people count it: the local version (``"2"``), or ``vault:v2`` for an
     OpenBao-wrapped data key (the version of the owner's own transit key)."""
@@ -150,13 +176,13 @@ def needs_rekey(payload: Any, current_kid: str) -> bool:
 # -- the local keyring: decrypt + re-encrypt with the owner's lock context ----------------------
 def rekey_local(
     client: Encryption,
-    payloads: Sequence[Payload | None],
+    payloads: Sequence[Payload | str | bytes | None],
     lock_context: LockContext | None,
     *,
     records: Sequence[object] = (),
-) -> list[Payload | None]:
-    """Re-encrypt ``payloads`` under the key the client's key service encrypts with now (the
-    keyring's primary). Locked payloads need the owner's ``lock_context`` (the claims they are
+) -> list[Payload | str | None]:
+    """Re-encrypt ``payloads`` (dicts, or JSON text: given back as text) under the key the
+    client's key service encrypts with now (the keyring's primary). Locked payloads need the owner's ``lock_context`` (the claims they are
     locked to); payloads without ``lc`` are re-encrypted without one, as they were. One bulk
     decrypt and one bulk encrypt per table (locked and unlocked values separately); typed
     values, ``i``, ``ks``, ``lc``, ``hm`` and ``bf`` are preserved exactly. ``None`` stays None.
@@ -169,11 +195,11 @@ def rekey_local(
         message says why), the lock context is missing or expired, or encryption failed.
     :raises RekeyError: a search term would change (a bug or a mismatched keyring).
     """
-    items = list(payloads)
+    items, texts = _as_dicts(payloads)
     live = [i for i, p in enumerate(items) if p is not None]
     out: list[Payload | None] = [None] * len(items)
     if not live:
-        return out
+        return _as_given(out, texts)
     decrypt = client.bulk_decrypt([items[i] for i in live]).audit(records=records, actor=AUDIT_ACTOR)
     if lock_context is not None:
         decrypt = decrypt.with_lock_context(lock_context)
@@ -203,7 +229,7 @@ def rekey_local(
             assert old is not None
             _check_same_header(old, new)
             out[i] = new
-    return out
+    return _as_given(out, texts)
 
 
 def _field_of(table: Any, column: str) -> str:
@@ -234,12 +260,13 @@ def rekey_openbao(
     http: OpenBaoHTTP,
     app_token: str,
     config: OpenBaoConfig,
-    payloads: Sequence[Payload | None],
+    payloads: Sequence[Payload | str | bytes | None],
     *,
     key: str,
     records: Sequence[object] = (),
-) -> list[Payload | None]:
-    """Re-wrap each distinct data key (``kid``) of ``payloads`` under the newest version of the
+) -> list[Payload | str | None]:
+    """Re-wrap each distinct data key (``kid``) of ``payloads`` (dicts, or JSON text: given back
+    as text) under the newest version of the
     owner's transit key ``key`` (the payload does not name it: the caller knows the owner,
     ``key_name(config, sub)``), with ``transit/rewrap/<key>`` ``batch_input`` calls of at most
     ``config.max_batch`` items. Only ``kid`` changes. Never sees a data key or plaintext.
@@ -255,7 +282,7 @@ def rekey_openbao(
     from .keys.openbao import BaoError, BaoUnavailable
 
     del records
-    items = list(payloads)
+    items, texts = _as_dicts(payloads)
     kids: list[str] = []
     seen: set[str] = set()
     for p in items:
@@ -290,7 +317,7 @@ def rekey_openbao(
             if not isinstance(new, str) or not _BAO_KID.match(new) or (isinstance(r, dict) and r.get("error")):
                 raise RekeyError(f"OpenBao could not rewrap a data key under {key}")
             rewrapped[old] = new
-    return [None if p is None else {**p, "kid": rewrapped[p["kid"]]} for p in items]
+    return _as_given([None if p is None else {**p, "kid": rewrapped[p["kid"]]} for p in items], texts)
 
 
 # -- a resumable job over any storage -------------------------------------------------------

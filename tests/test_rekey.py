@@ -361,6 +361,22 @@ def test_rekey_local_keeps_types_terms_and_locks(client: Encryption, keyring: Ke
         rekey_local(client, old[:1], None)
 
 
+@pytest.mark.backends("local")
+def test_rekey_local_takes_json_text_and_gives_text_back(client: Encryption, keyring: Keyring, users: EncryptedTable,
+                                                          alice: LockContext) -> None:
+    """Payloads as a text column holds them (JSON text, str or bytes) are rekeyed like dicts and
+    come back as text; anything else is a DecryptionError, never a TypeError."""
+    p = client.encrypt("alice@example.com", column="email", table=users).with_lock_context(alice).unwrap()
+    keyring.rotate()
+    got = rekey_local(client, [json.dumps(p), None, json.dumps(p).encode(), p], alice)
+    assert isinstance(got[0], str) and got[1] is None and isinstance(got[2], str) and isinstance(got[3], dict)
+    for new in (json.loads(got[0]), json.loads(got[2]), got[3]):
+        assert new["kid"] == "2" and client.decrypt(new).with_lock_context(alice).unwrap() == "alice@example.com"
+    for bad in ("not json", b"\xff", "[1, 2]", 5):
+        with pytest.raises(DecryptionError, match="not a lockkit payload"):
+            rekey_local(client, [bad], alice)
+
+
 def test_needs_rekey_and_key_ids() -> None:
     local = {"v": 1, "k": "ct", "kid": "1", "c": "x"}
     bao = {"v": 1, "k": "ct", "kid": "vault:v1:abc", "c": "x"}
