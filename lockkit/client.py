@@ -400,7 +400,8 @@ class Encryption:
         aad = self._aad_cache.get(key)
         if aad is None:
             if len(self._aad_cache) >= 4096:  # bounded: drop the oldest entry (dicts keep order)
-                self._aad_cache.pop(next(iter(self._aad_cache)))
+                # another thread may drop the same one first: never a KeyError from an operation
+                self._aad_cache.pop(next(iter(self._aad_cache), None), None)
             aad = self._aad_cache[key] = pl.associated_data(
                 self.workspace_crn, self.keyset, tn, cn, kid, list(lc) if lc else None
             )
