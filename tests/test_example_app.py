@@ -438,6 +438,16 @@ def test_clerk_sign_in_page_sends_only_same_site_paths_to_the_browser(
         assert "evil.example" not in body and "javascript:" not in body.lower()
 
 
+def test_the_example_refuses_several_identity_providers(example_env: str, sqlite_path: Path) -> None:
+    """Notes are stored per ``sub``: with two providers, a "alice" of each would list and
+    delete the other's notes (not decrypt them), so the example runs with one provider."""
+    from lockkit.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="one identity provider"):
+        with example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_PROVIDERS=["dev", "clerk"]):
+            pass
+
+
 # -- validation ------------------------------------------------------------------------------
 @pytest.mark.parametrize(("fields", "message"), [
     ({"title": "", "body": "b", "tags": ""}, "A title of 1-200 characters is required."),

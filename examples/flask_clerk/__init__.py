@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
+from lockkit.errors import ConfigurationError
 from lockkit.flask import LockKit
 
 from .db import Database
@@ -46,6 +47,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("DATABASE_URL", f"sqlite:///{Path(app.instance_path) / 'notes.db'}")
     clerk = bool(app.config.get("CLERK_PUBLISHABLE_KEY") and (app.config.get("CLERK_SECRET_KEY") or app.config.get("CLERK_JWT_KEY")))
     app.config.setdefault("LOCKKIT_PROVIDERS", ["clerk"] if clerk else ["dev"])
+    if len(app.config["LOCKKIT_PROVIDERS"]) != 1:
+        # notes are stored per `sub`: two providers could both have a user "alice", who would
+        # then see (not decrypt, but list and delete) each other's notes
+        raise ConfigurationError(
+            "the notes example keys notes by the user's sub, so it signs users in with one identity "
+            f"provider: set LOCKKIT_PROVIDERS to one of {list(app.config['LOCKKIT_PROVIDERS'])}"
+        )
     app.config["NOTES_SIGN_IN"] = "clerk" if "clerk" in app.config["LOCKKIT_PROVIDERS"] else "dev"
 
     if app.config.get("REDIS_URL"):
