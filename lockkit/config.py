@@ -239,9 +239,22 @@ _AUDIT_KEYS = {"log", "fail_closed", "fsync"}
 def _bool(value: Any, what: str) -> bool:
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return value.strip().lower() in ("1", "true", "yes", "on")
     raise ConfigurationError(f"{what} must be true or false")
+
+
+def flag(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A true/false setting (``True``/``False``, ``1``/``0``, or the strings ``"true"``,
+    ``"false"``, ``"yes"``, ``"no"``, ``"on"``, ``"off"``): a string read from the
+    environment such as ``"false"`` is false, never truthy.
+
+    :raises ConfigurationError: any other value (the message names ``key``).
+    """
+    value = config.get(key)
+    return default if value is None else _bool(value, key)
 _CTS_KEYS = {"lifetime", "claims", "endpoint"}
 
 

@@ -476,12 +476,30 @@ def test_dev_sign_out_clears_the_session(app: Flask, client: FlaskClient) -> Non
     assert client.get("/api/me").status_code == 401
 
 
-def test_dev_provider_refuses_to_load_in_production() -> None:
+@pytest.mark.parametrize("allow", [None, False, "false", "False", "0", "no", "off", ""])
+def test_dev_provider_refuses_to_load_in_production(allow: Any) -> None:
+    """Also when the override is set to a false string, as read from an environment variable."""
     app = Flask(__name__)
     app.config.update(base_config(TESTING=False, DEBUG=False))
+    if allow is not None:
+        app.config["LOCKKIT_DEV_ALLOW_IN_PRODUCTION"] = allow
     with pytest.raises(ConfigurationError, match="LOCKKIT_DEV_ALLOW_IN_PRODUCTION"):
         LockKit(app, plugin_manager=plugin_manager())
     assert "lockkit" not in app.extensions
+
+
+@pytest.mark.parametrize("key", ["LOCKKIT_DEV_ALLOW_IN_PRODUCTION", "LOCKKIT_INSECURE_COOKIES"])
+def test_a_flag_that_is_neither_true_nor_false_is_refused(key: str) -> None:
+    app = Flask(__name__)
+    app.config.update(base_config(TESTING=False, DEBUG=False, **{key: "maybe"}))
+    with pytest.raises(ConfigurationError, match=key):
+        LockKit(app, plugin_manager=plugin_manager())
+
+
+@pytest.mark.parametrize(("value", "secure"), [("false", True), ("0", True), (False, True), ("true", False), (True, False)])
+def test_insecure_cookies_reads_strings_as_flags(idp: LocalIssuer, value: Any, secure: bool) -> None:
+    app = make_app(TESTING=False, DEBUG=False, LOCKKIT_INSECURE_COOKIES=value, **loopback_config(idp))
+    assert bool(app.config.get("SESSION_COOKIE_SECURE")) is secure
 
 
 @pytest.mark.parametrize(

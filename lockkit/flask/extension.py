@@ -18,7 +18,7 @@ from werkzeug.wrappers import Response
 
 from ..audit import AuditLog
 from ..client import Encryption
-from ..config import Settings, load_settings
+from ..config import Settings, flag, load_settings
 from ..cts import CtsUnavailableError
 from ..cts.embedded import normalise_scopes
 from ..errors import ClientInitError, CtsTokenError, IdentityError, LockContextError, ProviderUnavailableError
@@ -126,8 +126,8 @@ class LockKit:
         _harden_session_cookie(app)
         settings = load_settings(overrides=app.config)
         pm = self._pm or make_plugin_manager(
-            load_entrypoints=bool(app.config["LOCKKIT_LOAD_ENTRYPOINTS"]),
-            trace=bool(app.config["LOCKKIT_TRACE_PLUGINS"]),
+            load_entrypoints=flag(app.config, "LOCKKIT_LOAD_ENTRYPOINTS", True),
+            trace=flag(app.config, "LOCKKIT_TRACE_PLUGINS"),
         )
         providers = _build_providers(app, pm)
         token_service, key_service = build_services(settings, providers, audit_sinks(pm))
@@ -187,7 +187,7 @@ def _harden_session_cookie(app: Flask) -> None:
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    if not (app.debug or app.testing) and not app.config.get("LOCKKIT_INSECURE_COOKIES"):
+    if not (app.debug or app.testing) and not flag(app.config, "LOCKKIT_INSECURE_COOKIES"):
         app.config["SESSION_COOKIE_SECURE"] = True
 
 

@@ -47,6 +47,7 @@ from lockkit import (
     MissingCredentialError,
     hookimpl,
 )
+from lockkit.config import flag
 from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
@@ -368,7 +369,7 @@ class ClerkProvider(IdentityProvider):
             api_url=_opt_str(config, "CLERK_API_URL") or DEFAULT_API_URL,
             publishable_key=publishable_key,
             clock_skew_ms=config.get("LOCKKIT_CLERK_CLOCK_SKEW_MS", DEFAULT_CLOCK_SKEW_MS),
-            allow_actor=bool(config.get("LOCKKIT_CLERK_ALLOW_ACTOR", False)),
+            allow_actor=flag(config, "LOCKKIT_CLERK_ALLOW_ACTOR"),
             clerk_js_version=str(config.get("LOCKKIT_CLERK_JS_VERSION") or DEFAULT_CLERK_JS_VERSION),
             sign_in_url=_opt_str(config, "CLERK_SIGN_IN_URL"),
         )

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import Blueprint, Flask, Response, abort, jsonify, redirect, request, session, url_for
 
 from lockkit import ConfigurationError, hookimpl
+from lockkit.config import flag
 from lockkit.oidc import IssuerConfig, OIDCVerifier
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
@@ -55,7 +56,7 @@ class DevProvider(IdentityProvider):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DevProvider:
-        allowed = config.get("DEBUG") or config.get("TESTING") or config.get("LOCKKIT_DEV_ALLOW_IN_PRODUCTION")
+        allowed = config.get("DEBUG") or config.get("TESTING") or flag(config, "LOCKKIT_DEV_ALLOW_IN_PRODUCTION")
         if not allowed:
             raise ConfigurationError(
                 "the dev identity provider lets anyone sign in as anyone: it runs only in debug or "

@@ -458,6 +458,16 @@ def test_impersonation_only_when_allowed(clerk_cls: type[IdentityProvider], publ
     assert claims is not None and claims["act"]["sub"] == "user_2admin"
 
 
+@pytest.mark.parametrize("value", ["false", "0", "no", False])
+def test_impersonation_stays_refused_when_the_flag_is_a_false_string(
+    clerk_cls: type[IdentityProvider], public_pem: str, mint: Mint, value: Any
+) -> None:
+    token = mint(act={"sub": "user_2admin", "sid": "sess_2admin", "iss": "https://dashboard.clerk.com"})
+    provider = clerk_cls.from_config(base_config(public_pem, LOCKKIT_CLERK_ALLOW_ACTOR=value))
+    with pytest.raises(InvalidCredentialError):
+        provider.verify(token, now=T0 + 1)
+
+
 def test_wrong_issuer_is_another_providers_token(provider: IdentityProvider, mint: Mint) -> None:
     assert provider.verify(mint(iss="https://other-instance.clerk.accounts.dev"), now=T0 + 1) is None
 
