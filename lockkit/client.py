@@ -401,7 +401,9 @@ class Encryption:
         if aad is None:
             if len(self._aad_cache) >= 4096:  # bounded: drop the oldest entry (dicts keep order)
                 # another thread may drop the same one first: never a KeyError from an operation
-                self._aad_cache.pop(next(iter(self._aad_cache), None), None)
+                for oldest in self._aad_cache:
+                    self._aad_cache.pop(oldest, None)
+                    break
             aad = self._aad_cache[key] = pl.associated_data(
                 self.workspace_crn, self.keyset, tn, cn, kid, list(lc) if lc else None
             )
