@@ -49,7 +49,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 from authlib.common.errors import AuthlibBaseError  # type: ignore[import-untyped]
@@ -650,11 +650,45 @@ class OIDCProvider(IdentityProvider):
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
 
     def logout_response(self, next_url: str) -> BaseResponse | None:
-        """Clear the session and send the browser to the IdP to end its session there too."""
+        """Revoke the refresh token (RFC 7009, when the IdP has a revocation endpoint), clear
+        the session, and send the browser to the IdP to end its session there too."""
         stored = self._load()
+        if stored and isinstance(stored.get("rt"), str):
+            self.revoke_refresh_token(stored["rt"])
         session.clear()
         target = self.end_session_url(stored["id"] if stored else None, self.post_logout_redirect_uri(next_url))
         return redirect(target or safe_next(next_url))
+
+    def revoke_refresh_token(self, refresh_token: str) -> bool:
+        """Revoke ``refresh_token`` at the IdP's ``revocation_endpoint`` (RFC 7009), so that a
+        copy of the session cookie cannot keep refreshing after sign-out. Best effort: without
+        an endpoint, or when the IdP cannot be reached, it is logged and sign-out goes on.
+        Returns True when the IdP accepted the revocation."""
+        try:
+            endpoint = self.discovery.metadata().get("revocation_endpoint")
+        except (ProviderUnavailableError, ConfigurationError) as err:
+            log.warning("%s: refresh token not revoked at sign-out: %s", self.name, getattr(err, "detail", err.message))
+            return False
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            return False
+        s = self.settings
+        data = {"token": refresh_token, "token_type_hint": "refresh_token"}
+        auth = None
+        if s.client_secret:  # client_secret_basic, form-encoded first (RFC 6749 2.3.1), as for the token endpoint
+            auth = (quote(s.client_id, safe=""), quote(s.client_secret, safe=""))
+        else:
+            data["client_id"] = s.client_id
+        post = self.discovery._http.post if self.discovery._http is not None else requests.post
+        try:
+            resp = post(endpoint, data=data, auth=auth, timeout=s.http_timeout, allow_redirects=False)
+            resp.close()
+        except requests.RequestException as err:
+            log.warning("%s: refresh token not revoked at sign-out: %s", self.name, type(err).__name__)
+            return False
+        if resp.status_code != 200:
+            log.warning("%s: refresh token not revoked at sign-out: HTTP %s", self.name, resp.status_code)
+            return False
+        return True
 
     # -- callback ------------------------------------------------------------------------
     def complete_login(self) -> BaseResponse:

@@ -6,6 +6,7 @@ OP, signing-key rotation, and configuration/outage errors."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -433,6 +434,60 @@ def test_sign_out_ends_the_op_session(op: OPServer, app: Flask, client: FlaskCli
     start = client.get("/lockkit/oidc/login")
     resp = browser.get(start.headers["Location"], allow_redirects=True, timeout=10)
     assert "prompt: login" in resp.text
+
+
+def _refresh_grant(op: OPServer, refresh_token: str) -> requests.Response:
+    """Use a refresh token at the OP's token endpoint as the web client."""
+    return requests.post(op.discovery()["token_endpoint"], timeout=10,
+                         data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+                         auth=(WEB_CLIENT, op.web_secret))
+
+
+def test_sign_out_revokes_the_refresh_token(op: OPServer, app: Flask, client: FlaskClient) -> None:
+    """A copy of the session cookie taken before sign-out holds the sealed refresh token:
+    sign-out revokes it at the OP (RFC 7009), so that copy cannot keep refreshing."""
+    assert op.discovery().get("revocation_endpoint")
+    sign_in(client, "grace")
+    stored = stored_tokens(app, client)
+    assert stored is not None and stored["rt"]
+    kept = client.get_cookie("session")
+    assert kept is not None
+    # control: another user, still signed in, can refresh with hers
+    other = app.test_client()
+    sign_in(other, "heidi")
+    theirs = stored_tokens(app, other)
+    assert theirs is not None and _refresh_grant(op, theirs["rt"]).status_code == 200
+
+    before = op.events()["revocations"]
+    csrf = client.get("/logout-form").get_data(as_text=True)
+    assert client.post("/lockkit/oidc/logout", data={"csrf": csrf, "next": "/"}).status_code == 302
+    assert op.events()["revocations"] == before + 1
+    refused = _refresh_grant(op, stored["rt"])
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    # the copied cookie: its ID token still verifies until it expires, but it can no longer refresh
+    thief = app.test_client()
+    thief.set_cookie("session", kept.value)
+    provider = provider_of(app)
+    with thief:
+        thief.get("/")
+        assert provider.session_token(now=stored["exp"] - 30) is None  # the refresh fails: signed out
+
+
+def test_sign_out_still_works_when_the_revocation_endpoint_is_down(op: OPServer, app: Flask, client: FlaskClient,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    sign_in(client, "ivan")
+    stored = stored_tokens(app, client)
+    assert stored is not None
+    provider = provider_of(app)
+    provider.discovery.metadata()["revocation_endpoint"] = "http://127.0.0.1:9/revoke"  # nothing listens
+    try:
+        csrf = client.get("/logout-form").get_data(as_text=True)
+        with caplog.at_level(logging.WARNING):
+            assert client.post("/lockkit/oidc/logout", data={"csrf": csrf, "next": "/"}).status_code == 302
+        assert stored_tokens(app, client) is None and session_dump(client) == "{}"
+        assert "refresh token not revoked" in caplog.text and stored["rt"] not in caplog.text
+    finally:
+        provider.discovery.metadata()["revocation_endpoint"] = op.discovery()["revocation_endpoint"]
 
 
 # -- signing-key rotation -------------------------------------------------------------------

@@ -11,7 +11,7 @@
 //   GET /interaction/<uid>?deny=1         ends the request with error=access_denied
 //   GET /interaction/<uid>                (login prompt, no name) a small page saying "prompt: login"
 //   the consent prompt is granted automatically (every missing scope, claim and resource scope).
-// Test-only counters: GET /__test__/events -> {"grants": {grant_type: n}, "endSessions": n}.
+// Test-only counters: GET /__test__/events -> {"grants": {grant_type: n}, "endSessions": n, "revocations": n}.
 
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -25,7 +25,7 @@ if (!Number.isInteger(port) || port <= 0) throw new Error('config.port must be a
 const issuer = `http://${host}:${port}`;
 
 const NAME = /^[A-Za-z0-9_.@-]{1,64}$/;
-const events = { grants: {}, endSessions: 0 };
+const events = { grants: {}, endSessions: 0, revocations: 0 };
 const resources = config.resources || {};
 const idTokenTTL = config.idTokenTTL || {};
 
@@ -61,6 +61,7 @@ const provider = new Provider(issuer, {
   },
   features: {
     devInteractions: { enabled: false },
+    revocation: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
       async logoutSource(ctx, form) {
@@ -106,6 +107,9 @@ for (const event of ['server_error', 'grant.error', 'authorization.error', 'end_
 }
 provider.on('end_session.success', () => {
   events.endSessions += 1;
+});
+provider.on('grant.revoked', (ctx) => {
+  if (ctx.oidc.route === 'revocation') events.revocations += 1;  // a token revoked at the revocation endpoint
 });
 
 async function interaction(req, res, url) {
