@@ -172,6 +172,10 @@ class Encryption:
             if t.table_name in self._tables:
                 raise ClientInitError(f"table {t.table_name!r} is declared twice")
             self._tables[t.table_name] = t
+        #: (table, column) of the columns whose values must be locked to an identity
+        self._lock_required = frozenset(
+            (t.table_name, c.name) for t in self._tables.values() for c in t.columns.values() if c.lock_required
+        )
 
     def lock_context(self, **kwargs: Any) -> LockContext:
         """A :class:`LockContext` that exchanges through this client's token service."""
@@ -361,6 +365,8 @@ class Encryption:
                 raise EncryptionError(f"{where} has no search index")
             if value is None:
                 raise EncryptionError(f"{where}: cannot search for None")
+            if lc is None and col.lock_required:
+                raise _lock_required(t.table_name, col.name)
             request = KeyRequest(t.table_name, col.name, "index", locked=lc is not None, operation="query")
             key = self._release(self._acquire(lc, [request]), [request])[0]
             if isinstance(key, LockkitError):
@@ -435,6 +441,10 @@ class Encryption:
         locked = lc is not None
         requests: list[KeyRequest] = []
         counts = [sum(1 for v in values if v is not None) for _, _, values in batches]
+        if not locked:
+            for (t, col, _), n in zip(batches, counts):
+                if n and col.lock_required:
+                    raise _lock_required(t.table_name, col.name)
         for (t, col, values), n in zip(batches, counts):
             if n:
                 requests.append(KeyRequest(t.table_name, col.name, "encrypt", count=n, locked=locked))
@@ -650,6 +660,11 @@ class Encryption:
             g.error = DecryptionError(f"payload was encrypted under keyset {ks!r}; this client uses {self.keyset!r}")
         elif plc is not None and claims is None:
             g.error = LockContextError("this value is locked to an identity: decrypt it with .with_lock_context(...)")
+        elif plc is None and (tn, cn) in self._lock_required:
+            g.error = DecryptionError(
+                f"{tn}.{cn} requires values locked to an identity, and this payload is not (was it "
+                "encrypted without a lock context, or put there from elsewhere?)"
+            )
         elif plc is not None and not fast and plc != claims:
             g.error = LockContextError(
                 f"this value is locked to the claims {list(plc)}, but the lock context names {list(claims or ())}"
@@ -750,6 +765,13 @@ def _fill_models(models: Sequence[Mapping[str, Any]], slots: list[tuple[int, str
             raise type(o)(f"{field}: {o.message}") from o
         result[m_i][field] = o
     return result
+
+
+def _lock_required(table: str, column: str) -> LockContextError:
+    return LockContextError(
+        f"{table}.{column} requires a lock context (declared .require_lock_context()): "
+        "use .with_lock_context(...)"
+    )
 
 
 def _is_payload(value: Any) -> bool:

@@ -37,6 +37,8 @@ class EncryptedColumn:
     kind: DataType = "text"
     equality_index: bool = False
     match_index: MatchIndex | None = None
+    #: values are always locked to an identity (see :meth:`require_lock_context`)
+    lock_required: bool = False
 
     def data_type(self, kind: DataType) -> EncryptedColumn:
         """Declare the plaintext type; decrypt returns the same Python type.
@@ -64,6 +66,13 @@ class EncryptedColumn:
             raise ClientInitError("free_text_search needs a text column")
         return replace(self, match_index=MatchIndex(ngram, filter_size, hash_count))
 
+    def require_lock_context(self) -> EncryptedColumn:
+        """Values of this column are always locked to an identity: encrypting or querying it
+        without a lock context raises ``LockContextError``, and a payload of it that is not
+        locked (encrypted without a lock context, or swapped in from elsewhere by someone who
+        can write the database) does not decrypt (``DecryptionError``)."""
+        return replace(self, lock_required=True)
+
     @property
     def searchable(self) -> bool:
         return self.equality_index or self.match_index is not None
@@ -71,7 +80,7 @@ class EncryptedColumn:
 
 def encrypted_column(name: str) -> EncryptedColumn:
     """A text column named ``name`` with no index; chain ``.data_type()``, ``.equality()``,
-    ``.free_text_search()``.
+    ``.free_text_search()``, ``.require_lock_context()``.
 
     :raises ConfigurationError: invalid name.
     """

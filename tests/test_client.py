@@ -833,6 +833,54 @@ def test_a_scopes_only_lock_needs_scopes(client: Encryption, users: EncryptedTab
     assert client.decrypt(payload).with_lock_context(other).failure is not None
 
 
+def test_a_column_that_requires_a_lock_context(key_service: Any, token_service: Any, identify: Identify) -> None:
+    """``.require_lock_context()``: every encrypting or querying operation without a lock
+    context is refused, and an unlocked payload of the column (encrypted before the flag, or
+    swapped in by someone who can write the database) does not decrypt, even for its owner."""
+    loose = encrypted_table("accounts", iban=encrypted_column("iban").equality(), label=encrypted_column("label"))
+    strict = encrypted_table("accounts", iban=encrypted_column("iban").equality().require_lock_context(),
+                             label=encrypted_column("label"))
+    assert strict.iban.lock_required and not strict.label.lock_required
+    old = Encryption([loose], key_service=key_service, token_service=token_service)
+    c = Encryption([strict], key_service=key_service, token_service=token_service)
+    alice = identify("alice")
+    swapped = old.encrypt("DE00 ATTACKER", column="iban", table="accounts").unwrap()  # unlocked, same column
+    mine = c.encrypt("DE89 3704", column="iban", table="accounts").with_lock_context(alice).unwrap()
+    assert mine["lc"] == ["sub"]
+
+    unlocked_ops = [
+        c.encrypt("x", column="iban", table="accounts"),
+        c.bulk_encrypt(["x", None], column="iban", table="accounts"),
+        c.encrypt_model({"iban": "x", "label": "y"}, "accounts"),
+        c.bulk_encrypt_models([{"iban": "x"}], "accounts"),
+        c.encrypt_query("x", column="iban", table="accounts"),
+    ]
+    for op in unlocked_ops:
+        res = op.result()
+        assert res.failure is not None and res.failure.type == "LockContextError", op
+        assert "accounts.iban requires a lock context" in res.failure.message
+    streamed = list(c.stream_encrypt(["x", "y"], column="iban", table="accounts"))
+    assert [r.failure.type for r in streamed if r.failure] == ["LockContextError"] * 2
+    # the other column and None values need nothing
+    assert c.encrypt("home", column="label", table="accounts").unwrap()["k"] == "ct"
+    assert c.bulk_encrypt([None], column="iban", table="accounts").unwrap()[0].data is None
+
+    # an unlocked payload of the column is refused, with and without a lock context
+    for lc in (alice, None):
+        for op in (c.decrypt(swapped), c.decrypt_model({"iban": swapped}, "accounts")):
+            res = (op.with_lock_context(lc) if lc else op).result()
+            assert res.failure is not None and res.failure.type == "DecryptionError"
+            assert "requires values locked to an identity" in res.failure.message
+    bulk = c.bulk_decrypt([mine, swapped]).with_lock_context(alice).unwrap()
+    assert bulk[0].unwrap() == "DE89 3704" and bulk[1].failure is not None
+    assert [r.failure.type for r in c.stream_decrypt([swapped], lock_context=alice) if r.failure] == ["DecryptionError"]
+    # the owner's locked value still opens; the old client (no flag) still reads the old value
+    assert c.decrypt(mine).with_lock_context(alice).unwrap() == "DE89 3704"
+    assert old.decrypt(swapped).unwrap() == "DE00 ATTACKER"
+    other = c.decrypt(mine).with_lock_context(identify("bob")).result()
+    assert other.failure is not None and other.failure.type == "DecryptionError"
+
+
 # -- keysets -------------------------------------------------------------------------------
 
 

@@ -12,9 +12,10 @@ from .db import Database, dumps, loads
 
 notes_table = encrypted_table(
     "notes",
-    title=encrypted_column("title").free_text_search(),
-    body=encrypted_column("body").free_text_search(),
-    tag=encrypted_column("tag").equality(),
+    # every note field belongs to one user: never written or read without their lock context
+    title=encrypted_column("title").free_text_search().require_lock_context(),
+    body=encrypted_column("body").free_text_search().require_lock_context(),
+    tag=encrypted_column("tag").equality().require_lock_context(),
 )
 
 MAX_TITLE, MAX_BODY, MAX_TAGS, MAX_TAG = 200, 20_000, 20, 40
