@@ -474,6 +474,16 @@ class RefreshSchedule:
         return self.attempted_at is None or abs(now - self.attempted_at) >= self.min_refetch_interval
 
 
+def direct_session() -> requests.Session:
+    """A session that ignores proxy settings in the environment, for plain-HTTP URLs (which
+    lockkit allows only on loopback): an ``HTTP_PROXY`` would otherwise see identity tokens
+    and could answer with its own keys. HTTPS keeps the environment's proxies (TLS protects
+    that traffic). The caller closes it."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 def fetch_jwks_document(
     uri: str, *, session: requests.Session | None, timeout: float, limit: int = MAX_JWKS_BYTES
 ) -> bytes:
@@ -482,6 +492,9 @@ def fetch_jwks_document(
     :raises requests.RequestException: the request failed.
     :raises ValueError: not HTTP 200, or the body is too large.
     """
+    if session is None and uri.startswith("http://"):
+        with direct_session() as direct:
+            return fetch_jwks_document(uri, session=direct, timeout=timeout, limit=limit)
     get = session.get if session is not None else requests.get
     response = get(uri, timeout=timeout, headers={"Accept": "application/json"}, allow_redirects=False, stream=True)
     with response:

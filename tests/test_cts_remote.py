@@ -158,6 +158,26 @@ def test_remote_exchange_and_remote_verification_round_trip(
     assert verifier.fetch_count == 1  # the JWKS is fetched once and cached
 
 
+def test_loopback_http_never_goes_through_an_environment_proxy(
+    cts_url: str, served: Served, idp: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain HTTP is allowed only on loopback, and must stay there: with HTTP_PROXY set (common
+    in containers), a proxy would otherwise read identity tokens and could serve its own JWKS."""
+    proxy_app, proxied = _scripted(lambda n: (200, {"accessToken": "forged", "expiry": time.time() + 600, "keys": []}))
+    proxy = served(proxy_app)
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, proxy)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    service = RemoteTokenService(cts_url, WORKSPACE, retries=0)
+    token = service.authorize(idp.mint("alice"))
+    verifier = RemoteCtsVerifier(service.jwks_url, WORKSPACE)
+    assert verifier.verify(token.access_token)["sub"] == "alice"
+    # the identity provider's JWKS (also plain HTTP on loopback) is fetched directly too
+    assert OIDCVerifier(idp.issuer_config()).verify(idp.mint("bob"))["sub"] == "bob"
+    assert proxied == []
+
+
 def test_identify_through_remote_service_reports_cts_token_error(cts_url: str, idp: LocalIssuer) -> None:
     lc = LockContext(token_service=RemoteTokenService(cts_url, WORKSPACE))
     res = lc.identify(idp.mint("alice", aud="another-app"))

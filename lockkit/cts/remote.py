@@ -50,7 +50,7 @@ from jwt.algorithms import OKPAlgorithm
 from ..config import parse_crn
 from ..errors import ConfigurationError, CtsTokenError, LockContextError
 from ..identity import CtsToken
-from ..oidc import Claims, RefreshSchedule, fetch_jwks_document, strict_json_loads
+from ..oidc import Claims, RefreshSchedule, direct_session, fetch_jwks_document, strict_json_loads
 from .embedded import CTS_ALGORITHM, MAX_CTS_TOKEN_BYTES, CtsUnavailableError, CtsVerifier
 
 __all__ = [
@@ -252,7 +252,12 @@ class RemoteTokenService:
         ) from last_error
 
     def _post(self, body: dict[str, str]) -> tuple[int, bytes]:
-        post = self._session.post if self._session is not None else requests.post
+        if self._session is None and self.url.startswith("http://"):  # loopback: never via a proxy
+            with direct_session() as direct:
+                return self._send(direct.post, body)
+        return self._send(self._session.post if self._session is not None else requests.post, body)
+
+    def _send(self, post: Any, body: dict[str, str]) -> tuple[int, bytes]:
         response = post(
             self.url,
             json=body,

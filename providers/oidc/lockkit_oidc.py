@@ -59,7 +59,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from lockkit import ConfigurationError, hookimpl
 from lockkit.errors import IdentityError, InvalidCredentialError, ProviderUnavailableError
-from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier
+from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, direct_session
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 try:  # Authlib >= 1.6 verifies ID tokens with joserfc
@@ -315,8 +315,9 @@ class _Discovery:
 
     def _fetch(self) -> dict[str, Any]:
         url = self.settings.discovery_url
-        get = self._http.get if self._http is not None else requests.get
         self.fetch_count += 1
+        direct = direct_session() if self._http is None and url.startswith("http://") else None  # loopback: no proxy
+        get = self._http.get if self._http is not None else direct.get if direct is not None else requests.get
         try:
             resp = get(url, timeout=self.settings.http_timeout, allow_redirects=False,
                        headers={"Accept": "application/json"}, stream=True)
@@ -341,6 +342,9 @@ class _Discovery:
             raise ProviderUnavailableError(
                 "identity provider discovery failed", detail=f"{url} is not JSON: {err}"
             ) from err
+        finally:
+            if direct is not None:
+                direct.close()
         if not isinstance(doc, dict):
             raise ProviderUnavailableError("identity provider discovery failed", detail=f"{url} is not a JSON object")
         return doc
@@ -678,13 +682,17 @@ class OIDCProvider(IdentityProvider):
             auth = (quote(s.client_id, safe=""), quote(s.client_secret, safe=""))
         else:
             data["client_id"] = s.client_id
-        post = self.discovery._http.post if self.discovery._http is not None else requests.post
+        direct = direct_session() if self.discovery._http is None and endpoint.startswith("http://") else None
+        post = self.discovery._http.post if self.discovery._http is not None else direct.post if direct is not None else requests.post
         try:
             resp = post(endpoint, data=data, auth=auth, timeout=s.http_timeout, allow_redirects=False)
             resp.close()
         except requests.RequestException as err:
             log.warning("%s: refresh token not revoked at sign-out: %s", self.name, type(err).__name__)
             return False
+        finally:
+            if direct is not None:
+                direct.close()
         if resp.status_code != 200:
             log.warning("%s: refresh token not revoked at sign-out: HTTP %s", self.name, resp.status_code)
             return False
