@@ -209,12 +209,15 @@ def openbao() -> None:
 @click.option("--audience", "audiences", multiple=True, help="accepted aud value (repeat)")
 @click.option("--bound-claim", "bound_claims", multiple=True, metavar="NAME=GLOB",
               help="claim constraint instead of an audience, e.g. azp=https://app.example (Clerk)")
-@click.option("--max-ttl", default=900, show_default=True, help="cap on a user token's lifetime (s)")
+@click.option("--max-ttl", default=900, show_default=True, type=click.IntRange(5, 86400),
+              help="cap on a user token's lifetime (s)")
+@click.option("--insecure-http", is_flag=True,
+              help="allow plain http to a non-loopback server or JWKS URL (a network you trust only)")
 @click.option("--auth-mount", default="jwt-cel", show_default=True)
 @click.option("--transit-mount", default="transit", show_default=True)
 @click.option("--role", default="lockkit", show_default=True)
 def openbao_setup(addr: str, issuer: str, jwks_url: str, audiences: tuple[str, ...], bound_claims: tuple[str, ...],
-                  max_ttl: int, auth_mount: str, transit_mount: str, role: str) -> None:
+                  max_ttl: int, insecure_http: bool, auth_mount: str, transit_mount: str, role: str) -> None:
     from .config import OpenBaoConfig
     from .keys.openbao import BaoError, BaoUnavailable
     from .keys.openbao_setup import setup
@@ -229,7 +232,8 @@ def openbao_setup(addr: str, issuer: str, jwks_url: str, audiences: tuple[str, .
             raise click.ClickException(f"--bound-claim {item!r}: expected NAME=GLOB")
         claims.setdefault(name, []).append(glob)
     try:
-        config = OpenBaoConfig(addr=addr, auth_mount=auth_mount, transit_mount=transit_mount, role=role)
+        config = OpenBaoConfig(addr=addr, auth_mount=auth_mount, transit_mount=transit_mount, role=role,
+                               insecure_http=insecure_http)
         steps = setup(config, token, issuer=issuer, jwks_url=jwks_url, audiences=audiences,
                       bound_claims=claims or None, max_ttl=max_ttl)
     except (ValueError, BaoError, BaoUnavailable) as err:

@@ -29,9 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
-from .oidc import IssuerConfig
+from .oidc import LOOPBACK_HOSTS, IssuerConfig
 
 DEFAULT_CONFIG_FILE = "lockkit.toml"
 DEFAULT_KEYRING_PATH = ".lockkit/keyring.json"
@@ -152,21 +153,51 @@ class OpenBaoConfig:
     ca_cert: str | None = None
     #: how long an unwrapped DEK may be reused (never past the token's expiry)
     dek_cache_ttl: float = 60.0
+    #: allow plain http to a host other than loopback (identity tokens and data keys then
+    #: cross the network unencrypted: only inside a network you trust)
+    insecure_http: bool = False
 
     def __post_init__(self) -> None:
-        if not self.addr.startswith(("http://", "https://")):
+        for name in ("addr", "auth_mount", "role", "login", "transit_mount", "key_prefix"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigurationError(f"[openbao] {name} (LOCKKIT_OPENBAO_{name.upper()}) must be a non-empty string")
+        if self.ca_cert is not None and not isinstance(self.ca_cert, str):
+            raise ConfigurationError("[openbao] ca_cert (LOCKKIT_OPENBAO_CA_CERT) must be a file path")
+        if not isinstance(self.insecure_http, bool):
+            raise ConfigurationError("[openbao] insecure_http (LOCKKIT_OPENBAO_INSECURE_HTTP) must be true or false")
+        for name, low, high in (("timeout", 0.1, 300.0), ("backoff", 0.0, 60.0), ("dek_cache_ttl", 0.0, 3600.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+                raise ConfigurationError(
+                    f"[openbao] {name} (LOCKKIT_OPENBAO_{name.upper()}) must be a number of seconds from {low:g} to {high:g}"
+                )
+        for name, low, high in (("max_batch", 1, 10000), ("retries", 0, 10)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigurationError(f"[openbao] {name} (LOCKKIT_OPENBAO_{name.upper()}) must be a whole number from {low} to {high}")
+        try:
+            parts = urlsplit(self.addr)
+            host = parts.hostname
+        except ValueError as err:
+            raise ConfigurationError("LOCKKIT_OPENBAO_ADDR is not a valid URL") from err
+        if parts.scheme not in ("http", "https") or not host:
             raise ConfigurationError("set LOCKKIT_OPENBAO_ADDR to the server's URL, e.g. https://bao.example:8200")
+        if parts.scheme == "http" and host not in LOOPBACK_HOSTS and not self.insecure_http:
+            raise ConfigurationError(
+                f"LOCKKIT_OPENBAO_ADDR {self.addr!r} is plain http to another host: identity tokens and data "
+                "keys would cross the network unencrypted. Use https (ca_cert for a private CA), or set "
+                "LOCKKIT_OPENBAO_INSECURE_HTTP=true inside a network you trust"
+            )
         if self.login not in ("cel", "plain"):
             raise ConfigurationError("LOCKKIT_OPENBAO_LOGIN must be 'cel' or 'plain'")
-        if not 1 <= self.max_batch <= 10000:
-            raise ConfigurationError("LOCKKIT_OPENBAO_MAX_BATCH must be between 1 and 10000")
         if self.login == "plain" and self.key_prefix == "lkx-":
             raise ConfigurationError("the plain JWT role names keys lk-<sub>: set key_prefix 'lk-' (never share a prefix)")
 
 
 _OPENBAO_FIELDS = {
     "addr": str, "auth_mount": str, "role": str, "login": str, "transit_mount": str, "key_prefix": str,
-    "max_batch": int, "timeout": float, "retries": int, "ca_cert": str, "dek_cache_ttl": float,
+    "max_batch": int, "timeout": float, "retries": int, "backoff": float, "ca_cert": str, "dek_cache_ttl": float,
+    "insecure_http": bool,
 }
 
 
@@ -178,7 +209,7 @@ def _openbao(table: Any, env: Mapping[str, str]) -> OpenBaoConfig:
         raw = _env_get(env, f"LOCKKIT_OPENBAO_{name.upper()}")
         if raw is not None:
             try:
-                values[name] = kind(raw)
+                values[name] = _bool(raw, f"LOCKKIT_OPENBAO_{name.upper()}") if kind is bool else kind(raw)
             except ValueError as err:
                 raise ConfigurationError(f"LOCKKIT_OPENBAO_{name.upper()} must be a {kind.__name__}") from err
     if "addr" not in values:
@@ -321,7 +352,9 @@ def load_settings(
 
     lifetime_raw: Any = _env_get(env, "LOCKKIT_CTS_LIFETIME") or cts.get("lifetime", DEFAULT_CTS_LIFETIME)
     try:
-        lifetime = int(lifetime_raw)
+        if isinstance(lifetime_raw, bool) or not isinstance(lifetime_raw, int | str):
+            raise TypeError(lifetime_raw)
+        lifetime = int(lifetime_raw)  # a whole number: never 900.9 (or "900.9") rounded down
     except (TypeError, ValueError) as err:
         raise ConfigurationError(f"CTS lifetime {lifetime_raw!r} is not a whole number of seconds") from err
     claims_raw: Any = _env_get(env, "LOCKKIT_CTS_CLAIMS") or cts.get("claims", [])

@@ -83,7 +83,9 @@ MAX_JWKS_BYTES: Final = 1 << 20
 # Headers that make the token name its own key or extensions: never honoured.
 _FORBIDDEN_HEADERS: Final = ("crit", "jku", "x5u", "jwk", "x5c", "b64")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+#: hosts plain http is allowed to (nothing else is; see direct_session for proxies)
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_LOOPBACK_HOSTS = LOOPBACK_HOSTS
 _EC_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
     "ES256": ec.SECP256R1,
     "ES384": ec.SECP384R1,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,58 @@ def test_a_keyring_of_another_workspace_is_refused(tmp_path: Path, monkeypatch: 
         Encryption([users], settings=Settings(workspace_crn="crn:local:tenant-a", keyring_path=path))
     client = Encryption([users], settings=Settings(workspace_crn="crn:local:shared", keyring_json=shared))
     assert client.workspace_crn == "crn:local:shared"
+
+
+# -- [openbao] ------------------------------------------------------------------------------
+def _bao_settings(tmp_path: Path, table: str, env: dict[str, str] | None = None) -> Any:
+    cfg = write(tmp_path, 'workspace_crn = "crn:local:ws-bao"\nkey_backend = "openbao"\n[openbao]\n' + table)
+    return load_settings(cfg, env=env or {})
+
+
+@pytest.mark.parametrize("addr", ["https://bao.example.com:8200", "http://127.0.0.1:8200", "http://localhost:8200",
+                                  "http://[::1]:8200"])
+def test_openbao_addr_https_or_loopback(tmp_path: Path, addr: str) -> None:
+    assert _bao_settings(tmp_path, f'addr = "{addr}"\n').openbao.addr == addr
+
+
+def test_openbao_plain_http_to_another_host_must_be_asked_for(tmp_path: Path) -> None:
+    """Identity tokens and unwrapped data keys travel to OpenBao: never in the clear by accident."""
+    with pytest.raises(ConfigurationError, match="plain http to another host.*LOCKKIT_OPENBAO_INSECURE_HTTP"):
+        _bao_settings(tmp_path, 'addr = "http://bao.internal:8200"\n')
+    assert _bao_settings(tmp_path, 'addr = "http://bao.internal:8200"\ninsecure_http = true\n').openbao.insecure_http
+    env = {"LOCKKIT_OPENBAO_INSECURE_HTTP": "true"}
+    assert _bao_settings(tmp_path, 'addr = "http://bao.internal:8200"\n', env).openbao.insecure_http
+    for bad in ("ftp://bao.internal", "bao.internal:8200", "https://"):
+        with pytest.raises(ConfigurationError, match="LOCKKIT_OPENBAO_ADDR"):
+            _bao_settings(tmp_path, f'addr = "{bad}"\n')
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ('max_batch = "450"', "max_batch"), ("max_batch = 0", "max_batch"), ("addr = 5", "addr"),
+    ("timeout = 0", "timeout"), ("timeout = inf", "timeout"), ("timeout = nan", "timeout"), ('timeout = "5"', "timeout"),
+    ("retries = -3", "retries"), ("retries = true", "retries"), ("dek_cache_ttl = -1", "dek_cache_ttl"),
+    ("backoff = 1e9", "backoff"), ('insecure_http = "yes please"', "insecure_http"), ("ca_cert = 3", "ca_cert"),
+])
+def test_openbao_values_are_checked(tmp_path: Path, line: str, key: str) -> None:
+    """A wrong type or an absurd value is a ConfigurationError naming the key, at start-up, not
+    a TypeError or a failure at the first call."""
+    table = line + "\n" + ('addr = "https://bao.example.com"\n' if not line.startswith("addr") else "")
+    with pytest.raises(ConfigurationError, match=key):
+        _bao_settings(tmp_path, table)
+
+
+@pytest.mark.parametrize(("env", "key"), [({"LOCKKIT_OPENBAO_TIMEOUT": "inf"}, "timeout"),
+                                          ({"LOCKKIT_OPENBAO_RETRIES": "-1"}, "retries"),
+                                          ({"LOCKKIT_OPENBAO_INSECURE_HTTP": "maybe"}, "INSECURE_HTTP")])
+def test_openbao_env_values_are_checked(tmp_path: Path, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigurationError, match=key):
+        _bao_settings(tmp_path, 'addr = "https://bao.example.com"\n', env)
+
+
+@pytest.mark.parametrize("lifetime", ["900.9", "900.0", "true", '"abc"'])
+def test_cts_lifetime_must_be_a_whole_number(tmp_path: Path, lifetime: str) -> None:
+    cfg = write(tmp_path, f'workspace_crn = "crn:local:ws-x"\n[cts]\nlifetime = {lifetime}\n')
+    with pytest.raises(ConfigurationError, match="whole number of seconds"):
+        load_settings(cfg, env={})
+    with pytest.raises(ConfigurationError, match="whole number of seconds"):
+        load_settings(write(tmp_path, 'workspace_crn = "crn:local:ws-x"\n'), env={"LOCKKIT_CTS_LIFETIME": "900.9"})

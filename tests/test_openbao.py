@@ -265,6 +265,30 @@ def test_setup_is_idempotent_and_says_what_it_did(backend: str, bao: Any, bao_co
         setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_ttl": 0}, "max_ttl"), ({"max_ttl": -60}, "max_ttl"), ({"max_ttl": 4}, "max_ttl"),
+    ({"jwks_url": "http://idp.example.com/jwks"}, "must be https"), ({"jwks_url": "ftp://x/jwks"}, "must be https"),
+])
+def test_setup_refuses_an_uncapped_ttl_or_a_cleartext_jwks(
+    backend: str, bao: Any, bao_config: OpenBaoConfig, idp: LocalIssuer, kwargs: dict[str, Any], message: str
+) -> None:
+    """A TTL of 0 or less caps nothing (OpenBao reads 0 as its system default); a JWKS over plain
+    http to another host would let anyone on the path sign in as anyone. Refused before any call."""
+    args: dict[str, Any] = {"issuer": idp.issuer, "jwks_url": idp.jwks_uri, "audiences": [idp.audience], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        setup(bao_config, bao.root_token, **args)
+
+
+def test_cli_setup_refuses_a_zero_ttl(backend: str, bao: Any, idp: LocalIssuer, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from lockkit.cli import main
+
+    monkeypatch.setenv("BAO_TOKEN", bao.root_token)
+    code = main(["openbao", "setup", "--addr", bao.addr, "--issuer", idp.issuer, "--jwks-url", idp.jwks_uri,
+                 "--audience", idp.audience, "--max-ttl", "0"])
+    assert code == 2 and "--max-ttl" in capsys.readouterr().err
+
+
 def test_cli_setup(backend: str, bao: Any, idp: LocalIssuer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from lockkit.cli import main
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import OpenBaoConfig
-from .openbao import BaoError, OpenBaoHTTP
+from ..oidc import LOOPBACK_HOSTS
+from .openbao import MIN_TOKEN_SECONDS, BaoError, OpenBaoHTTP
 
 USER_POLICY = "lockkit-user-cel"  # for the default mount, jwt-cel
 APP_POLICY = "lockkit-app"
@@ -104,6 +106,14 @@ def setup(
     """
     if not audiences and not bound_claims:
         raise ValueError("bind the role: give audiences, or bound_claims (e.g. azp for Clerk tokens)")
+    if isinstance(max_ttl, bool) or not isinstance(max_ttl, int) or not MIN_TOKEN_SECONDS <= max_ttl <= 86400:
+        # 0 or less would not cap anything: OpenBao reads 0 as "the system default" (32 days)
+        raise ValueError(f"max_ttl must be from {MIN_TOKEN_SECONDS} to 86400 seconds")
+    jwks = urlsplit(jwks_url)
+    if not (jwks.scheme == "https" and jwks.hostname) and not (jwks.scheme == "http" and jwks.hostname in LOOPBACK_HOSTS):
+        # OpenBao would trust identity keys fetched in the clear: anyone on the path could sign in as anyone
+        if not (jwks.scheme == "http" and jwks.hostname and config.insecure_http):
+            raise ValueError(f"the JWKS URL {jwks_url!r} must be https (plain http only on loopback)")
     http = http or OpenBaoHTTP(config)
     done: list[str] = []
 
