@@ -48,7 +48,7 @@ from lockkit import (
     hookimpl,
 )
 from lockkit.config import flag
-from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier
+from lockkit.oidc import LOOPBACK_HOSTS, Claims, IssuerConfig, OIDCVerifier
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 __all__ = [
@@ -318,8 +318,14 @@ class ClerkProvider(IdentityProvider):
         else:
             assert secret_key is not None
             base = api_url.strip().rstrip("/") if isinstance(api_url, str) else ""
-            if not base:
-                raise ConfigurationError("CLERK_API_URL must be the Backend API URL, e.g. https://api.clerk.com")
+            parts = urlsplit(base)
+            if not base or not parts.hostname or not (
+                parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
+            ):  # the secret key goes there with every JWKS fetch
+                raise ConfigurationError(
+                    "CLERK_API_URL must be the Backend API URL over https (plain http only on loopback), "
+                    "e.g. https://api.clerk.com"
+                )
             key_source = {"jwks_uri": f"{base}/v1/jwks"}
             http = _backend_api_session(secret_key)
         config = IssuerConfig(

@@ -300,12 +300,15 @@ def test_cookie_suffix_matches_clerks_algorithm() -> None:
         ({"CLERK_SECRET_KEY": 42}, ("CLERK_SECRET_KEY",)),
         ({"CLERK_SIGN_IN_URL": "//evil.example.test/sign-in"}, ("CLERK_SIGN_IN_URL",)),
         ({"CLERK_SIGN_IN_URL": "javascript:alert(1)"}, ("CLERK_SIGN_IN_URL",)),
+        ({"CLERK_JWT_KEY": None, "CLERK_SECRET_KEY": SK, "CLERK_API_URL": "http://api.example.com"}, ("CLERK_API_URL",)),
+        ({"CLERK_JWT_KEY": None, "CLERK_SECRET_KEY": SK, "CLERK_API_URL": "api.clerk.com"}, ("CLERK_API_URL",)),
     ],
     ids=[
         "no-keys", "no-instance", "no-authorized-parties", "blank-authorized-parties",
         "trailing-slash", "path", "no-scheme", "not-a-publishable-key", "no-dollar",
         "hostile-host", "bad-base64", "bad-pem", "bad-secret-prefix", "dev-pk-live-sk",
         "huge-skew", "bad-js-version", "non-string", "sign-in-url-off-site", "sign-in-url-script",
+        "api-url-cleartext", "api-url-no-scheme",
     ],
 )
 def test_bad_or_missing_configuration_names_the_key(
