@@ -34,6 +34,17 @@ def test_lifetime_is_configurable(idp: LocalIssuer, keyring: Keyring) -> None:
     assert svc.authorize(idp.mint("a"), now=now).expiry == int(now) + 60
 
 
+def test_a_token_too_large_to_verify_is_never_minted(idp: LocalIssuer, keyring: Keyring) -> None:
+    """Verifiers refuse CTS tokens over their size limit: minting one would hand out a token
+    every key service calls "malformed". The exchange fails instead, naming the claim."""
+    svc = EmbeddedTokenService(workspace_crn=WORKSPACE, keyring=keyring,
+                               verifiers=[OIDCVerifier(idp.issuer_config())], claims=("groups",))
+    with pytest.raises(CtsTokenError, match="over the 8192-byte limit: the claim 'groups'"):
+        svc.authorize(idp.mint("alice", groups=[f"group-{i:04d}" for i in range(600)]))
+    ok = svc.authorize(idp.mint("alice", groups=["a", "b"]))
+    assert svc.verifier().verify(ok.access_token)["ctx"] == {"groups": ["a", "b"]}
+
+
 @pytest.mark.parametrize(
     ("claims", "scopes"),
     [({"scope": "b a a"}, ["a", "b"]), ({"scp": ["x", "y"]}, ["x", "y"]), ({"scopes": "s"}, ["s"]), ({}, [])],

@@ -292,9 +292,23 @@ def test_body_over_64_kib_is_413(cts_url: str, token_service: EmbeddedTokenServi
             yield b"y" * 8192
         yield b'"}'
 
-    r = requests.post(cts_url + "/api/authorize", data=chunks(), timeout=5)
+    r = requests.post(cts_url + "/api/authorize", data=chunks(), timeout=5, headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert token_service.calls == 0
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_only_json_bodies_are_read(cts_url: str, idp: LocalIssuer, token_service: EmbeddedTokenService,
+                                   content_type: str | None) -> None:
+    """A browser can POST text/plain or a form cross-site without a preflight; JSON it cannot."""
+    body = json.dumps({"workspaceId": WORKSPACE_ID, "oidcToken": idp.mint("alice")}).encode()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    r = requests.post(cts_url + "/api/authorize", data=body, headers=headers, timeout=5)
+    assert r.status_code == 415 and r.json()["error"] == "invalid_request"
+    assert token_service.calls == 0
+    ok = requests.post(cts_url + "/api/authorize", data=body, timeout=5,
+                       headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200 and token_service.calls == 1
 
 
 def test_just_under_the_limit_is_parsed(cts_url: str) -> None:

@@ -143,6 +143,12 @@ class EmbeddedTokenService:
             algorithm=CTS_ALGORITHM,
             headers={"kid": f"cts-v{version}", "typ": "JWT"},
         )
+        if len(token) > MAX_CTS_TOKEN_BYTES:  # verifiers refuse it: say why here, not "malformed" there
+            big = max(ctx, key=lambda n: len(json.dumps(ctx[n])), default=None)
+            raise CtsTokenError(
+                f"the CTS token would be {len(token)} bytes, over the {MAX_CTS_TOKEN_BYTES}-byte limit"
+                + (f": the claim {big!r} is too large to carry (drop it from [cts] claims)" if big else "")
+            )
         return CtsToken(token, exp)
 
     def jwks(self) -> dict[str, Any]:

@@ -167,6 +167,10 @@ class CtsApp:
 
     # -- handlers ------------------------------------------------------------------------
     def _authorize(self, request: _Request) -> Response:
+        if request.mimetype != "application/json":
+            # JSON only: a browser cannot send it cross-site without a CORS preflight (which
+            # this server never grants), unlike text/plain or a form
+            return _json(415, {"error": "invalid_request", "message": "send the body as application/json"})
         try:
             raw = _read_body(request)
         except RequestEntityTooLarge:
