@@ -37,13 +37,19 @@ def init(workspace_crn: str | None, config_path: Path | None, if_missing: bool) 
             crn = workspace_crn or os.environ.get("LOCKKIT_WORKSPACE_CRN") or os.environ.get("CS_WORKSPACE_CRN")
             crn = crn or f"crn:local:ws-{secrets.token_hex(6)}"
             parse_crn(crn)
-            cfg.write_text(render_config(crn, DEFAULT_KEYRING_PATH))
+            _write_new(cfg, render_config(crn, DEFAULT_KEYRING_PATH))
             click.echo(f"wrote {cfg} (workspace {crn})")
         elif workspace_crn:
             existing = load_settings(cfg).workspace_crn
             if existing != workspace_crn:
                 raise ConfigurationError(f"{cfg} already configures workspace {existing}")
         settings = load_settings(cfg)
+        written = load_settings(cfg, env={}).workspace_crn
+        if settings.workspace_crn != written:  # the keyring must belong to the workspace apps will use
+            raise ConfigurationError(
+                f"{cfg} configures workspace {written}, but LOCKKIT_WORKSPACE_CRN (or CS_WORKSPACE_CRN) "
+                f"overrides it with {settings.workspace_crn}: unset it, or initialise that workspace"
+            )
         if settings.keyring_json:
             raise ConfigurationError("LOCKKIT_KEYRING_JSON is set: the keyring comes from the environment")
         assert settings.keyring_path is not None
@@ -59,6 +65,18 @@ def init(workspace_crn: str | None, config_path: Path | None, if_missing: bool) 
         click.echo(f"wrote keyring {settings.keyring_path} (mode 0600; never commit it)")
     except LockkitError as err:
         _fail(err)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create ``path`` with ``text``; never through a symlink, never over an existing file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError as err:
+        raise ConfigurationError(f"{path} already exists (a dangling symlink?): not writing through it") from err
+    except OSError as err:
+        raise ConfigurationError(f"cannot create {path}: {err.strerror}") from err
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 @cli.group(help="Inspect and rotate root keys.")

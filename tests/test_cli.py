@@ -47,6 +47,27 @@ def test_init_refuses_a_different_workspace(workdir: Path, capsys: pytest.Captur
     assert "already configures workspace crn:local:ws-a" in capsys.readouterr().err
 
 
+def test_init_never_writes_through_a_symlink(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = workdir / "elsewhere.toml"
+    (workdir / "lockkit.toml").symlink_to(target)  # dangling: exists() is False
+    assert main(["init"]) == 1
+    assert "symlink" in capsys.readouterr().err and not target.exists()
+    assert not (workdir / ".lockkit").exists()
+
+
+def test_init_refuses_a_workspace_the_environment_overrides(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keyring must belong to the workspace the app will run as (the environment wins over
+    the file), so init stops instead of writing one the app would refuse."""
+    monkeypatch.setenv("LOCKKIT_WORKSPACE_CRN", "crn:local:ws-bbb")
+    assert main(["init", "--workspace-crn", "crn:local:ws-aaa"]) == 1
+    err = capsys.readouterr().err
+    assert "configures workspace crn:local:ws-aaa" in err and "crn:local:ws-bbb" in err
+    assert not (workdir / ".lockkit" / "keyring.json").exists()
+    monkeypatch.delenv("LOCKKIT_WORKSPACE_CRN")
+    assert main(["init"]) == 0  # the file's workspace, nothing overriding it
+
+
 def test_keys_list_and_rotate(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0
     secret = (workdir / ".lockkit" / "keyring.json").read_text()

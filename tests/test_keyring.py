@@ -42,6 +42,19 @@ def test_loose_permissions_refused(tmp_path: Path) -> None:
         Keyring.load(p)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")
+def test_another_users_keyring_is_refused(tmp_path: Path) -> None:
+    """A 0600 keyring owned by someone else (planted where ours should be) is refused, as ssh
+    refuses another user's config. (Needs root to make such a file; CI runs as root.)"""
+    p = tmp_path / "keyring.json"
+    Keyring.generate(CRN).save(p)
+    os.chown(p, 65534, 65534)
+    with pytest.raises(ConfigurationError, match="belongs to another user \\(uid 65534"):
+        Keyring.load(p)
+    os.chown(p, os.geteuid(), os.getegid())
+    assert Keyring.load(p).workspace_crn == CRN
+
+
 def test_missing_and_unreadable(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="lockkit init"):
         Keyring.load(tmp_path / "nope.json")

@@ -131,10 +131,18 @@ class Keyring:
             ) from err
         except OSError as err:
             raise ConfigurationError(f"cannot read keyring {p}: {err.strerror}") from err
-        mode = os.fstat(fd).st_mode
+        info = os.fstat(fd)
+        mode = info.st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
             raise ConfigurationError(f"keyring {p} is not a regular file")
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            # another user's file (planted where ours should be?): like ssh, refuse it
+            os.close(fd)
+            raise ConfigurationError(
+                f"keyring {p} belongs to another user (uid {info.st_uid}, not {os.geteuid()}): run lockkit "
+                "as the keyring's owner, or `chown` it"
+            )
         with os.fdopen(fd, "rb") as fh:
             if mode & 0o077:
                 raise ConfigurationError(
