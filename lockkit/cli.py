@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .config import DEFAULT_CONFIG_FILE, DEFAULT_KEYRING_PATH, load_settings, parse_crn, render_config
+from .config import DEFAULT_CONFIG_FILE, DEFAULT_KEYRING_PATH, Settings, load_settings, parse_crn, render_config
 from .audit import AuditLog
 from .errors import ConfigurationError, LockkitError
 from .keys.keyring import Keyring
@@ -67,6 +67,24 @@ def init(workspace_crn: str | None, config_path: Path | None, if_missing: bool) 
         _fail(err)
 
 
+def _settings() -> Settings:
+    """The settings the command works on: under ``flask lockkit ...``, the app's own (its
+    ``app.config`` first, as the running app reads them); otherwise lockkit.toml and the
+    environment."""
+    try:
+        from flask import current_app, has_app_context
+        from flask.cli import ScriptInfo
+    except ImportError:  # Flask is optional for the plain CLI
+        return load_settings()
+    if has_app_context():
+        return load_settings(overrides=current_app.config)
+    ctx = click.get_current_context(silent=True)
+    info = ctx.find_object(ScriptInfo) if ctx is not None else None
+    if info is not None:  # under the flask command (or its test runner) without an app context yet
+        return load_settings(overrides=info.load_app().config)
+    return load_settings()
+
+
 def _write_new(path: Path, text: str) -> None:
     """Create ``path`` with ``text``; never through a symlink, never over an existing file."""
     try:
@@ -85,7 +103,7 @@ def keys() -> None:
 
 
 def _load() -> tuple[Keyring, Path]:
-    settings = load_settings()
+    settings = _settings()
     if settings.keyring_json or settings.keyring_path is None:
         raise ConfigurationError(
             "the keyring comes from LOCKKIT_KEYRING_JSON: rotate a file keyring, then update the variable"
@@ -96,7 +114,7 @@ def _load() -> tuple[Keyring, Path]:
 @keys.command("list", help="Show key versions (never key material).")
 def keys_list() -> None:
     try:
-        settings = load_settings()
+        settings = _settings()
         from .keys.keyring import load_keyring
 
         ring = load_keyring(settings.keyring_path, settings.keyring_json)
@@ -128,7 +146,7 @@ def audit() -> None:
 def _audit_log() -> AuditLog:
     from .services import build_auditor
 
-    settings = load_settings()
+    settings = _settings()
     if settings.audit_log is None:
         raise ConfigurationError("no audit log is configured: set [audit] log in lockkit.toml or LOCKKIT_AUDIT_LOG")
     from .keys.keyring import load_keyring

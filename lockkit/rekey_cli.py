@@ -29,7 +29,6 @@ from typing import Any, TextIO
 
 import click
 
-from .config import load_settings
 from .errors import ConfigurationError, LockkitError
 from .keys.keyring import Keyring
 from .rekey import kid_label
@@ -141,8 +140,10 @@ def keys_usage(files: tuple[TextIO, ...]) -> None:
 @click.option("--confirm-unused", is_flag=True,
               help="state that no stored payload uses VERSION (checked with your app's tooling)")
 def keys_retire(version: int, confirm_unused: bool) -> None:
+    from .cli import _settings  # here: cli imports this module
+
     try:
-        settings = load_settings()
+        settings = _settings()
         if settings.keyring_json or settings.keyring_path is None:
             raise ConfigurationError(
                 "the keyring comes from LOCKKIT_KEYRING_JSON: retire the version in a keyring file, then update the variable"

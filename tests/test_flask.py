@@ -6,12 +6,14 @@ and replayed cookies, concurrency, two apps in one process, cookie attributes an
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -20,6 +22,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 
 from lockkit import ConfigurationError, CtsToken, LockContext, LockContextError
+from lockkit.cli import main
 from lockkit.cts.embedded import EmbeddedTokenService
 from lockkit.flask import LockKit, current_lock_context, get_cts_token, get_state, lock_context_required
 from lockkit.flask import signals
@@ -984,6 +987,25 @@ def test_session_cookie_stays_small_after_an_exchange(app: Flask) -> None:
 
 
 # == 9. CLI ==================================================================================
+def test_flask_lockkit_works_on_the_apps_own_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flask lockkit keys ...`` reads the app's config (as the running app does), not a
+    lockkit.toml that happens to be in the working directory."""
+    mine, other = tmp_path / "app-keyring.json", tmp_path / "cwd" / ".lockkit" / "keyring.json"
+    Keyring.generate(WORKSPACE).save(mine)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for var in [v for v in os.environ if v.startswith("LOCKKIT_") or v == "CS_WORKSPACE_CRN"]:
+        monkeypatch.delenv(var)
+    assert main(["init", "--workspace-crn", "crn:local:ws-somebody-else"]) == 0  # a decoy in the cwd
+    app = make_app(LOCKKIT_KEYRING_JSON=None, LOCKKIT_KEYRING=str(mine))
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["lockkit", "keys", "list"])
+    assert listed.exit_code == 0 and f"workspace {WORKSPACE}" in listed.output, listed.output
+    assert runner.invoke(args=["lockkit", "keys", "rotate"]).exit_code == 0
+    assert [v.version for v in Keyring.load(mine).versions()] == [1, 2]
+    assert [v.version for v in Keyring.load(other).versions()] == [1]
+
+
 def test_flask_lockkit_help(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["lockkit", "--help"])
     assert result.exit_code == 0, result.output
