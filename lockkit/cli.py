@@ -102,13 +102,13 @@ def keys() -> None:
     pass
 
 
-def _load() -> tuple[Keyring, Path]:
+def _keyring_file() -> Path:
     settings = _settings()
     if settings.keyring_json or settings.keyring_path is None:
         raise ConfigurationError(
             "the keyring comes from LOCKKIT_KEYRING_JSON: rotate a file keyring, then update the variable"
         )
-    return Keyring.load(settings.keyring_path), settings.keyring_path
+    return settings.keyring_path
 
 
 @keys.command("list", help="Show key versions (never key material).")
@@ -130,9 +130,8 @@ def keys_list() -> None:
 @keys.command("rotate", help="Add a new primary root key; old versions keep decrypting.")
 def keys_rotate() -> None:
     try:
-        ring, path = _load()
-        v = ring.rotate()
-        ring.save(path, overwrite=True)
+        with Keyring.editing(_keyring_file()) as ring:
+            v = ring.rotate()
     except LockkitError as err:
         _fail(err)
     click.echo(f"rotated: version {v} is now primary; restart running apps to pick it up")

@@ -149,17 +149,16 @@ def keys_retire(version: int, confirm_unused: bool) -> None:
                 "the keyring comes from LOCKKIT_KEYRING_JSON: retire the version in a keyring file, then update the variable"
             )
         path = settings.keyring_path
-        ring = Keyring.load(path)
-        if not ring.has_version(version):
-            raise click.ClickException(f"key version {version} is not in keyring {path}")
-        if not confirm_unused:
-            raise click.ClickException(
-                f"refusing to retire key version {version}: lockkit cannot see your database. Prove that no payload "
-                f"uses it (rekey first; count with your app's tooling or `lockkit keys usage`), then run "
-                f"`lockkit keys retire {version} --confirm-unused`"
-            )
-        ring.retire(version)
-        ring.save(path, overwrite=True)
+        with Keyring.editing(path) as ring:
+            if not ring.has_version(version):
+                raise click.ClickException(f"key version {version} is not in keyring {path}")
+            if not confirm_unused:
+                raise click.ClickException(
+                    f"refusing to retire key version {version}: lockkit cannot see your database. Prove that no "
+                    f"payload uses it (rekey first; count with your app's tooling or `lockkit keys usage`), then "
+                    f"run `lockkit keys retire {version} --confirm-unused`"
+                )
+            ring.retire(version)
     except LockkitError as err:
         raise click.ClickException(err.message) from err
     click.echo(f"retired key version {version} from {path}; restart running apps")

@@ -55,6 +55,27 @@ def test_another_users_keyring_is_refused(tmp_path: Path) -> None:
     assert Keyring.load(p).workspace_crn == CRN
 
 
+def test_concurrent_rotations_lose_no_version(tmp_path: Path) -> None:
+    """Eight `lockkit keys rotate` at once (processes: the real CLI): every one adds its own
+    version. Without the lock, several would write "version 2" and all but one would vanish,
+    with any value an app encrypted under a vanished one."""
+    import subprocess
+    import sys
+
+    ring = tmp_path / "keyring.json"
+    Keyring.generate(CRN).save(ring)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKKIT_")}
+    env.update(LOCKKIT_WORKSPACE_CRN=CRN, LOCKKIT_KEYRING=str(ring))
+    procs = [subprocess.Popen([sys.executable, "-m", "lockkit.cli", "keys", "rotate"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(int(o.split("version ")[1].split()[0]) for o, _ in outs) == list(range(2, 10))
+    final = Keyring.load(ring)
+    assert [v.version for v in final.versions()] == list(range(1, 10)) and final.primary == 9
+    assert os.stat(ring).st_mode & 0o777 == 0o600
+
+
 def test_missing_and_unreadable(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="lockkit init"):
         Keyring.load(tmp_path / "nope.json")

@@ -310,9 +310,8 @@ def retire_key_command(version: int) -> None:
             where = ", ".join(f"{loc} ({n})" for loc, n in in_use)
             raise click.ClickException(f"{total} payloads in {where} still use key version {version}; "
                                        "run `notes rekey` first")
-        ring = Keyring.load(settings.keyring_path)
-        ring.retire(version)
-        ring.save(settings.keyring_path, overwrite=True)
+        with Keyring.editing(settings.keyring_path) as ring:
+            ring.retire(version)
     except LockkitError as err:
         raise click.ClickException(err.message) from err
     click.echo(f"retired key version {version} from {settings.keyring_path}; restart running apps "

@@ -15,9 +15,16 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: no lock between concurrent edits
+    fcntl = None  # type: ignore[assignment]
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -168,6 +175,33 @@ class Keyring:
             "index_key": base64.b64encode(self._index).decode(),
         }
         return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    @contextmanager
+    def editing(cls, path: str | Path) -> Iterator[Keyring]:
+        """Load the keyring file at ``path`` for a change (rotate, retire) and save it when the
+        block ends without an error, holding an exclusive lock (``<path>.lock``) throughout: two
+        concurrent edits (two ``lockkit keys rotate``) would otherwise each write their own
+        version 2, and values encrypted under the one that lost could never be decrypted.
+
+        :raises ConfigurationError: as :meth:`load` and :meth:`save`.
+        """
+        p = Path(path)
+        lock_path = p.with_name(p.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileNotFoundError as err:
+            raise ConfigurationError(f"keyring {p} does not exist: run `lockkit init` (or set LOCKKIT_KEYRING)") from err
+        except OSError as err:
+            raise ConfigurationError(f"cannot lock keyring {p} ({lock_path}: {err.strerror})") from err
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            ring = cls.load(p)
+            yield ring
+            ring.save(p, overwrite=True)
+        finally:
+            os.close(fd)  # releases the lock
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the keyring atomically with mode 0600 (its directory 0700 if created).
