@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import urlsplit
@@ -457,16 +457,58 @@ class _StaticKeys:
 class RefreshSchedule:
     """When a cached key set may be fetched again: it is stale after ``ttl`` seconds, and at
     most one fetch is attempted per ``min_refetch_interval`` (so junk tokens cannot hammer the
-    key server). Shared by the JWKS caches of identity providers and of a remote CTS; callers
-    hold their own lock."""
+    key server). Shared by the JWKS caches of identity providers and of a remote CTS.
 
-    __slots__ = ("ttl", "min_refetch_interval", "fetched_at", "attempted_at")
+    :meth:`refresh` runs one fetch at a time, *outside* the cache's lock: while one caller
+    fetches, the others go on with the keys already cached instead of queueing behind the
+    network call (they wait only when there is nothing cached yet, or when asked to because
+    a token names a key the cache does not have)."""
+
+    __slots__ = ("ttl", "min_refetch_interval", "fetched_at", "attempted_at", "fetching", "_cond")
 
     def __init__(self, ttl: float, min_refetch_interval: float) -> None:
         self.ttl = ttl
         self.min_refetch_interval = min_refetch_interval
         self.fetched_at: float | None = None  # last successful fetch
         self.attempted_at: float | None = None  # last fetch attempt
+        self.fetching = False  # a fetch is in flight
+        self._cond = threading.Condition(threading.Lock())
+
+    def refresh(self, now: float, fetch: Callable[[], Any], install: Callable[[Any, Exception | None], None], *,
+                force: bool = False, wait: float = 10.0) -> bool:
+        """Fetch if due (stale, or ``force``; at most once per ``min_refetch_interval``; one
+        caller at a time) and hand the result to ``install(result, None)`` or the failure to
+        ``install(None, error)``. A caller that finds a fetch in flight waits for it (at most
+        ``wait`` seconds) only when nothing is cached yet or with ``force``. Returns whether
+        this call fetched. ``fetch`` may raise ``requests.RequestException`` or ``ValueError``
+        (a failed fetch); anything else propagates."""
+        with self._cond:
+            if self.fetching:
+                if force or self.fetched_at is None:
+                    self._cond.wait_for(lambda: not self.fetching, timeout=wait)
+                return False
+            if not ((force or self.is_stale(now)) and self.may_fetch(now)):
+                return False
+            self.fetching = True
+            self.attempted_at = now
+        result: Any = None
+        error: Exception | None = None
+        done = False
+        try:
+            try:
+                result = fetch()
+            except (requests.RequestException, ValueError) as err:
+                error = err
+            done = True
+        finally:
+            with self._cond:
+                try:
+                    if done:
+                        install(result, error)
+                finally:
+                    self.fetching = False
+                    self._cond.notify_all()
+        return True
 
     def is_stale(self, now: float) -> bool:
         return self.fetched_at is None or abs(now - self.fetched_at) >= self.ttl
@@ -515,7 +557,8 @@ class JWKSCache:
 
     Keys are cached for ``ttl`` seconds. A token with an unknown ``kid`` causes at most one
     refetch per ``min_refetch_interval`` (so junk tokens cannot hammer the IdP). A failed
-    refresh keeps serving the previous keys. Thread-safe; fetches are serialised.
+    refresh keeps serving the previous keys. Thread-safe: one fetch at a time, and while it is
+    in flight other callers verify with the cached keys (see :meth:`RefreshSchedule.refresh`).
 
     ``fetch_count`` counts fetch attempts (for tests and metrics).
     """
@@ -535,7 +578,6 @@ class JWKSCache:
         self.timeout = timeout
         self.fetch_count = 0
         self._session = session
-        self._lock = threading.Lock()
         self._keys: tuple[_Key, ...] = ()
         self._schedule = RefreshSchedule(ttl, min_refetch_interval)
         self._last_error: Exception | None = None
@@ -555,37 +597,37 @@ class JWKSCache:
             missing ``kid`` with several keys, or a key that does not fit ``alg``.
         """
         now = time.time() if now is None else now
-        schedule = self._schedule
-        with self._lock:
-            if schedule.is_stale(now) and schedule.may_fetch(now):
-                self._refresh(now)
-            if schedule.fetched_at is None:
-                raise ProviderUnavailableError(
-                    "identity provider keys are unavailable",
-                    detail=f"could not fetch JWKS from {self.uri}: {self._last_error}",
-                ) from self._last_error
+        self._refresh(now)  # when stale; meanwhile other callers use the cached keys
+        if self._schedule.fetched_at is None:
+            raise ProviderUnavailableError(
+                "identity provider keys are unavailable",
+                detail=f"could not fetch JWKS from {self.uri}: {self._last_error}",
+            ) from self._last_error
+        key = _select(self._keys, kid, alg, self.uri)
+        if key is None:
+            self._refresh(now, force=True)  # a new key? (rate-limited; waits for a fetch in flight)
             key = _select(self._keys, kid, alg, self.uri)
-            if key is None and schedule.may_fetch(now):
-                self._refresh(now)
-                key = _select(self._keys, kid, alg, self.uri)
-            if key is None:
-                raise InvalidCredentialError(
-                    "token signing key is not known",
-                    detail=f"kid {_show(kid)} not in JWKS {self.uri}",
-                )
-            return key.key
+        if key is None:
+            raise InvalidCredentialError(
+                "token signing key is not known",
+                detail=f"kid {_show(kid)} not in JWKS {self.uri}",
+            )
+        return key.key
 
-    def _refresh(self, now: float) -> None:
-        self._schedule.attempted_at = now
-        self.fetch_count += 1
-        try:
-            keys = self._fetch()
-        except (requests.RequestException, ValueError) as err:
-            self._last_error = err  # keep serving the stale keys, if any
-            return
-        self._keys = keys
-        self._schedule.fetched_at = now
-        self._last_error = None
+    def _refresh(self, now: float, *, force: bool = False) -> None:
+        def install(keys: tuple[_Key, ...] | None, error: Exception | None) -> None:
+            if error is not None or keys is None:
+                self._last_error = error  # keep serving the stale keys, if any
+                return
+            self._keys = keys  # one assignment: readers see the old tuple or the new one
+            self._schedule.fetched_at = now
+            self._last_error = None
+
+        def fetch() -> tuple[_Key, ...]:
+            self.fetch_count += 1
+            return self._fetch()
+
+        self._schedule.refresh(now, fetch, install, force=force, wait=self.timeout * 2 + 1)
 
     def _fetch(self) -> tuple[_Key, ...]:
         data = json.loads(fetch_jwks_document(self.uri, session=self._session, timeout=self.timeout))

@@ -178,6 +178,44 @@ def test_loopback_http_never_goes_through_an_environment_proxy(
     assert proxied == []
 
 
+def test_a_slow_cts_jwks_refresh_does_not_hold_up_other_verifications(
+    served: Served, token_service: EmbeddedTokenService, idp: LocalIssuer
+) -> None:
+    """The key service's verifier refreshes the CTS's JWKS when stale; while that fetch hangs,
+    other verifications go on with the cached keys."""
+    gate, held, hits = threading.Event(), threading.Event(), [0]
+    inner = CtsApp(token_service)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if environ["PATH_INFO"].endswith("jwks.json"):
+            hits[0] += 1
+            if hits[0] >= 2:
+                held.set()
+                gate.wait(30)
+        return inner(environ, start_response)
+
+    url = served(app)
+    try:
+        verifier = RemoteCtsVerifier.for_endpoint(url, WORKSPACE, ttl=60, timeout=20)
+        now = time.time()
+        a, b = (token_service.authorize(idp.mint(s), now=now) for s in ("alice", "bob"))
+        assert verifier.verify(a.access_token, now=now)["sub"] == "alice"
+        later = now + 61  # stale
+        refreshing = threading.Thread(target=verifier.verify, args=(a.access_token,), kwargs={"now": later})
+        refreshing.start()
+        assert held.wait(10)
+        got: list[Any] = []
+        other = threading.Thread(target=lambda: got.append(verifier.verify(b.access_token, now=later)))
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and got[0]["sub"] == "bob"
+        assert refreshing.is_alive() and hits[0] == 2
+    finally:
+        gate.set()
+    refreshing.join(10)
+    assert not refreshing.is_alive() and verifier.fetch_count == 2
+
+
 def test_identify_through_remote_service_reports_cts_token_error(cts_url: str, idp: LocalIssuer) -> None:
     lc = LockContext(token_service=RemoteTokenService(cts_url, WORKSPACE))
     res = lc.identify(idp.mint("alice", aud="another-app"))

@@ -534,6 +534,72 @@ def test_jwks_down_keeps_serving_stale_keys(fresh_idp: LocalIssuer) -> None:
     assert fresh_idp.jwks_requests == 2
 
 
+class _GatedJWKS:
+    """A JWKS endpoint on loopback serving ``idp``'s keys; from the ``hold_from``-th request
+    on, each answer waits until :meth:`release` (a slow identity provider)."""
+
+    def __init__(self, idp: LocalIssuer, hold_from: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.gate, self.requests, self.held = threading.Event(), 0, threading.Event()
+        gated = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                gated.requests += 1
+                if gated.requests >= hold_from:
+                    gated.held.set()
+                    gated.gate.wait(30)
+                body = json.dumps(idp.jwks()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_slow_jwks_refresh_does_not_hold_up_other_verifications(idp: LocalIssuer) -> None:
+    """While one request refreshes the stale key set (the IdP answering slowly), the others
+    verify with the cached keys instead of queueing behind the network call."""
+    import threading
+
+    jwks = _GatedJWKS(idp, hold_from=2)
+    try:
+        verifier = OIDCVerifier(idp.issuer_config(jwks_uri=jwks.uri, http_timeout=20.0))
+        assert verifier.verify(idp.mint("a", now=NOW), now=NOW) is not None  # fetch 1: cached
+        later = NOW + TTL + 1  # stale: the next verification refreshes, and the IdP hangs
+        refreshing = threading.Thread(target=verifier.verify, args=(idp.mint("b", now=later),), kwargs={"now": later})
+        refreshing.start()
+        assert jwks.held.wait(10), "the refresh reached the IdP"
+        others: list[Any] = []
+        other = threading.Thread(target=lambda: others.append(verifier.verify(idp.mint("c", now=later), now=later)))
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and others[0]["sub"] == "c"  # done while the refresh still hangs
+        assert refreshing.is_alive() and jwks.requests == 2  # one fetch in flight, no second one
+        jwks.release()
+        refreshing.join(10)
+        assert not refreshing.is_alive()
+    finally:
+        jwks.close()
+
+
 def test_unreachable_jwks_is_provider_unavailable() -> None:
     issuer = LocalIssuer()
     issuer.start()

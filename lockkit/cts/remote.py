@@ -373,9 +373,8 @@ class RemoteCtsVerifier:
         """
         now = time.time() if now is None else now
         self._local.now = now
+        self._refresh(now)  # when stale; meanwhile other callers verify with the cached keys
         with self._lock:
-            if self._schedule.is_stale(now) and self._schedule.may_fetch(now):
-                self._refresh(now)
             if self._schedule.fetched_at is None:
                 raise LockContextError(UNREACHABLE_MESSAGE) from self._last_error
             if self._verifier is None or self._verifier_generation != self._generation:
@@ -391,29 +390,35 @@ class RemoteCtsVerifier:
     def _source(self) -> Mapping[str, Ed25519PublicKey]:
         """The keys, for :class:`CtsVerifier`; asked again when a token names a newer key."""
         with self._lock:
-            if not self._building:
-                now = getattr(self._local, "now", None)
-                now = time.time() if now is None else now
-                if self._schedule.may_fetch(now):
-                    self._refresh(now)
+            building = self._building
+        if not building:
+            now = getattr(self._local, "now", None)
+            self._refresh(time.time() if now is None else now, force=True)
+        with self._lock:
             return dict(self._keys)
 
-    def _refresh(self, now: float) -> None:
-        self._schedule.attempted_at = now
-        self.fetch_count += 1
-        try:
-            keys = self._fetch()
-        except (requests.RequestException, ValueError) as err:
-            self._last_error = err  # keep serving the cached keys, if any
-            return
-        if not keys:  # nothing usable published: keep what is cached (if anything)
-            self._last_error = ValueError("the JWKS has no Ed25519 keys")
-            return
-        if _raw(keys) != _raw(self._keys):
-            self._generation += 1
-        self._keys = keys
-        self._schedule.fetched_at = now
-        self._last_error = None
+    def _refresh(self, now: float, *, force: bool = False) -> None:
+        """Fetch the JWKS when stale (or ``force``: a token names a key not cached), one fetch
+        at a time and outside ``self._lock`` (see :meth:`RefreshSchedule.refresh`)."""
+        def install(keys: dict[str, Ed25519PublicKey] | None, error: Exception | None) -> None:
+            with self._lock:
+                if error is not None or keys is None:
+                    self._last_error = error  # keep serving the cached keys, if any
+                    return
+                if not keys:  # nothing usable published: keep what is cached (if anything)
+                    self._last_error = ValueError("the JWKS has no Ed25519 keys")
+                    return
+                if _raw(keys) != _raw(self._keys):
+                    self._generation += 1
+                self._keys = keys
+                self._schedule.fetched_at = now
+                self._last_error = None
+
+        def fetch() -> dict[str, Ed25519PublicKey]:
+            self.fetch_count += 1
+            return self._fetch()
+
+        self._schedule.refresh(now, fetch, install, force=force, wait=self.timeout * 2 + 1)
 
     def _fetch(self) -> dict[str, Ed25519PublicKey]:
         data = strict_json_loads(fetch_jwks_document(self.jwks_url, session=self._session, timeout=self.timeout))
