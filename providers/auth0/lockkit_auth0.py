@@ -31,7 +31,8 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from lockkit import ConfigurationError, hookimpl
+from lockkit import ConfigurationError, InvalidCredentialError, hookimpl
+from lockkit.oidc import Claims
 from lockkit_oidc import OIDCProvider, OIDCSettings
 
 __all__ = ["Auth0Provider", "LOGOUT_MODES", "csrf_token", "register_identity_providers"]
@@ -125,6 +126,21 @@ class Auth0Provider(OIDCProvider):
         }
         settings = OIDCSettings.from_config(merged, prefix=_PREFIX)
         return cls(settings, logout=str(get("LOGOUT") or "auto"))
+
+    def verify_access_token(self, token: str, now: float | None = None) -> Claims | None:
+        """An API access token of a *user*. Auth0 also issues access tokens to machines
+        (client-credentials grant, ``gty: client-credentials``, ``sub`` ``<client>@clients``):
+        those sign in no user and are refused.
+
+        :raises IdentityError: see :meth:`OIDCProvider.verify_access_token`.
+        """
+        claims = super().verify_access_token(token, now=now)
+        if claims is not None and claims.get("gty") == "client-credentials":
+            raise InvalidCredentialError(
+                "machine-to-machine tokens do not sign in users",
+                detail="the access token was issued by the client-credentials grant (gty)",
+            )
+        return claims
 
     def end_session_url(self, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
         """RP-Initiated Logout when discovery advertises it (``auto``) or always (``oidc``);

@@ -147,6 +147,7 @@ class Spec:
     azp_required: bool  # `azp` must be present (Clerk)
     transports: tuple[Path, ...]  # how a Flask request carries its token
     session_categories: bool = False  # reads Clerk's token-category header (`cat`)
+    machine_tokens_refused: bool = False  # refuses access tokens of the client-credentials grant (`gty`)
 
 
 SPECS: dict[str, Spec] = {
@@ -161,7 +162,7 @@ SPECS: dict[str, Spec] = {
     "oidc": Spec(jwks=True, multi_key=True, aud_required=True, azp_checked=("verify",), azp_required=False,
                  transports=("bearer",)),
     "auth0": Spec(jwks=True, multi_key=True, aud_required=True, azp_checked=("verify",), azp_required=False,
-                  transports=("bearer",)),
+                  transports=("bearer",), machine_tokens_refused=True),
 }
 
 
@@ -504,6 +505,9 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("sub-null", _with(sub=None), message=SUB),
     Attack("sub-list", _with(sub=["admin"]), message=SUB),
     Attack("sub-missing", _with(omit=("sub",)), message=SUB),
+    Attack("machine-token", _with(gty="client-credentials", sub=lambda t, n: "svc-client@clients"),
+           message="machine-to-machine tokens do not sign in users",
+           applies=lambda spec, path: spec.machine_tokens_refused and path == "bearer"),
     Attack("sub-too-long", _with(sub=lambda t, n: ("user_" if t.name.startswith("clerk") else "") + "a" * 300),
            message=SUB),
 )
