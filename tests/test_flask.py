@@ -211,6 +211,32 @@ def test_a_replaced_session_value_is_never_served_from_the_steady_state_memo(app
     assert exchanges(app) == before + 1
 
 
+def test_a_session_token_signed_by_a_retired_key_is_exchanged_again() -> None:
+    """After a key version is retired (and the app restarted), a session still holds a CTS token
+    signed with that version's key, which the key service refuses. The middleware finds out on
+    the session's first request and exchanges again, instead of every operation failing."""
+    import secrets as _secrets
+
+    ring = Keyring.generate(WORKSPACE)
+    secret = _secrets.token_urlsafe(32)
+    before = make_app(SECRET_KEY=secret, LOCKKIT_KEYRING_JSON=ring.to_json())
+    client = before.test_client()
+    token = _mint(before, "alice")
+    _write(client, token, "written before the rotation")
+    assert exchanges(before) == 1
+    ring.rotate()
+    ring.retire(1)
+    after = make_app(SECRET_KEY=secret, LOCKKIT_KEYRING_JSON=ring.to_json())  # restarted with the new keyring
+    again = after.test_client()
+    cookie = cookie_value(client)
+    assert cookie is not None
+    again.set_cookie("session", cookie)
+    payload = _write(again, token, "written after")  # would be a LockContextError without the check
+    assert exchanges(after) == 1
+    assert _read(again, token, payload) == (200, {"body": "written after"})
+    assert exchanges(after) == 1  # the new token is remembered: the steady state again
+
+
 def test_the_steady_state_memo_is_bounded(app: Flask, client: FlaskClient) -> None:
     from lockkit.flask import extension
 

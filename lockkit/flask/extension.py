@@ -283,9 +283,9 @@ def _authenticate() -> None:
             and hmac.compare_digest(stored["b"], binding)
         ):
             known = CtsToken(stored["tok"], stored["exp"])
-            if memo_key is not None:
-                _remember(state.session_memo, memo_key, known)
-            if known.expiry - state.refresh_window > now:
+            if known.expiry - state.refresh_window > now and _still_accepted(state, known, now):
+                if memo_key is not None:
+                    _remember(state.session_memo, memo_key, known)
                 ns.cts = known
                 return
     if binding is None:
@@ -308,6 +308,22 @@ def _authenticate() -> None:
 
 
 _SESSION_MEMO_SIZE = 1024
+
+
+def _still_accepted(state: LockKitState, cts: CtsToken, now: float) -> bool:
+    """Whether the key service still accepts a CTS token found in the session (asked once per
+    session value and process: the memo remembers the answer). A token signed by a key that
+    was retired meanwhile is exchanged again rather than failing every operation. Key services
+    without a local check (OpenBao: its server decides) are trusted to answer at use."""
+    check = getattr(state.key_service, "check_token", None)
+    if check is None:
+        return True
+    try:
+        check(cts.access_token, now=now)
+    except LockContextError as err:
+        log.info("the session's CTS token is no longer accepted (%s): exchanging again", err.message)
+        return False
+    return True
 
 
 def _remember(memo: dict[tuple[str, str, str], CtsToken], key: tuple[str, str, str], token: CtsToken) -> None:

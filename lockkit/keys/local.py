@@ -144,6 +144,15 @@ class LocalKeyService:
                            grants=grants, denials=denials, subject=subject, namespace=namespace, now=now)
         return out
 
+    def check_token(self, access_token: str, now: float | None = None) -> None:
+        """Would this service accept the CTS token (signature by a key it trusts, workspace,
+        expiry)? The Flask kit asks once per stored token and process, so that a token signed by
+        a retired key is exchanged again instead of failing every operation.
+
+        :raises LockContextError: it would not (the message says why).
+        """
+        self._verifier.verify(access_token, now=now)
+
     def report_denial(self, *, keyset: str, lock: Lock | None, requests: Sequence[KeyRequest], reason: str,
                       now: float | None = None) -> None:
         """Record that released keys did not open values (e.g. locked to another identity).
