@@ -79,6 +79,18 @@ class TermHasher:
         return sorted(bits)
 
 
+def normalise(text: str) -> str:
+    """Text as free-text match indexes see it: NFKC-normalised and case-folded (so "Café" typed
+    decomposed, "ＣＡＦÉ" and "café" are one word). Re-check decrypted candidates on this form."""
+    return text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
+
+
+def words(text: str) -> list[str]:
+    """The words a match index cuts into n-grams: runs of word characters of :func:`normalise`'s
+    form (punctuation separates words: "finance!" is "finance")."""
+    return _WORD_RE.findall(normalise(text))
+
+
 def ngrams(text: str, n: int) -> Iterable[str]:
     """Lower-cased, NFKC-normalised words, cut into ``n``-grams (shorter words whole)."""
     seen: set[str] = set()

@@ -191,6 +191,76 @@ def test_tag_and_text_search_find_the_right_notes(alice: User, alice_notes: dict
     assert 'value="household"' in page  # the search box keeps the term
 
 
+@pytest.mark.parametrize("query", [
+    "quarterly pangolin",   # one word in the title, one in the body
+    "pangolin, budget",     # punctuation between words
+    "finance!",             # punctuation after a word
+    "QUARTERLY",            # case
+    "plann migr",           # fragments of words
+])
+def test_text_search_finds_words_across_title_and_body(alice: User, alice_notes: dict[str, int], query: str) -> None:
+    assert alice.titles(f"/search?q={query}") == ["Quarterly planning"]
+
+
+def test_text_search_normalises_like_the_index(alice: User) -> None:
+    """Accents typed decomposed (NFD, as macOS often does) and full-width letters match their
+    plain forms, in both directions."""
+    import unicodedata
+
+    alice.create(title=unicodedata.normalize("NFD", "Café crème"), body="Ｗｉｄｅ letters", tags="")
+    for query in ("café", unicodedata.normalize("NFD", "crème"), "wide", "ＣＡＦÉ"):
+        assert alice.titles(f"/search?q={query}") == [unicodedata.normalize("NFD", "Café crème")], query
+    assert alice.titles("/search?q=pangolin") == []
+
+
+def test_one_damaged_note_does_not_hide_the_others(alice: User, alice_notes: dict[str, int], sqlite_path: Path) -> None:
+    """A note whose stored ciphertext was damaged shows as unreadable (and can be deleted);
+    the other notes, the API and search keep working."""
+    conn = sqlite3.connect(sqlite_path)
+    try:
+        raw = json.loads(conn.execute("SELECT body FROM notes WHERE id = ?", (alice_notes["shop"],)).fetchone()[0])
+        raw["c"] = raw["c"][:-8] + ("A" * 8 if not raw["c"].endswith("A" * 8) else "B" * 8)
+        conn.execute("UPDATE notes SET body = ? WHERE id = ?", (json.dumps(raw), alice_notes["shop"]))
+        conn.commit()
+    finally:
+        conn.close()
+    assert alice.titles("/") == ["Unreadable note", "Quarterly planning"]
+    assert alice.titles("/search?tag=workplace") == ["Quarterly planning"]
+    notes = {n["id"]: n for n in alice.api_notes()}
+    assert notes[alice_notes["shop"]] == {"id": alice_notes["shop"], "error": "unreadable"}
+    assert notes[alice_notes["plan"]]["title"] == "Quarterly planning"
+    page = alice.client.get(f"/notes/{alice_notes['shop']}")
+    assert page.status_code == 200 and 'id="unreadable"' in text(page) and "zucchini" not in text(page)
+    assert location(alice.client.get(f"/notes/{alice_notes['shop']}/edit")) == f"/notes/{alice_notes['shop']}"
+    assert location(alice.delete(alice_notes["shop"])) == "/"
+    assert alice.titles("/") == ["Quarterly planning"]
+
+
+def test_a_refused_lock_context_signs_in_again_instead_of_a_500(example_env: str, sqlite_path: Path) -> None:
+    """Every operation of a user whose token lacks a claim the lock needs raises
+    LockContextError: pages send them to sign in, the API answers 401 JSON, never a 500."""
+    with example_app(f"sqlite:///{sqlite_path}", example_env) as plain:  # a note stored the usual way
+        owner = User(plain, "alice")
+        owner.sign_in()
+        owner.create(**PLAN)
+    with example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_CTS_CLAIMS=["org_id"],
+                     LOCKKIT_IDENTITY_CLAIM=["sub", "org_id"]) as app:
+        user = User(app, "alice")  # the dev provider's tokens carry no org_id
+        start = user.client.get("/notes/new")
+        login = location(start)
+        page = user.client.get(login)
+        form = form_posting_to(text(page), "/lockkit/dev/login")
+        user.client.post(form.action, data={**form.fields, "name": "alice"})
+        search = user.client.get("/search?tag=household")  # the query term needs the lock
+        assert search.status_code == 302 and location(search).startswith("/signin?next=")
+        api = user.client.get("/api/notes")  # alice's stored note needs the lock to open
+        assert api.status_code == 401 and api.get_json() == {"error": "lock_context", "message": "sign in again"}
+        form = form_posting_to(text(user.client.get("/notes/new")), "/notes")
+        made = user.client.post("/notes", data={**form.fields, "title": "t", "body": "b", "tags": ""})
+        assert made.status_code == 302 and location(made).startswith("/signin")
+        assert _count(sqlite_path, "notes") == 1  # nothing stored
+
+
 @pytest.mark.parametrize("query", ["a", "ab", "zu", "!!", "?!", "é"])
 def test_short_or_wordless_text_search_never_fails(alice: User, alice_notes: dict[str, int], query: str) -> None:
     resp = alice.client.get("/search", query_string={"q": query}, follow_redirects=True)

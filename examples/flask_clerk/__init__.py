@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from lockkit.errors import ConfigurationError
+from lockkit.errors import ConfigurationError, DecryptionError, EncryptionError, LockContextError, LockkitError
 from lockkit.flask import LockKit
 
 from .db import Database
@@ -81,6 +81,32 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         from flask import render_template
 
         return render_template("404.html"), 404
+
+    @app.errorhandler(LockContextError)
+    def lock_context_refused(err: LockContextError) -> Any:
+        """The request's lock context was refused (expired mid-request, keys changed): forget
+        the session's CTS token and sign in again, never a 500."""
+        from flask import flash, jsonify, redirect, request, session, url_for
+
+        from lockkit.flask import get_state
+
+        session.pop(get_state().session_key, None)
+        if request.path.startswith("/api/"):
+            return jsonify(error="lock_context", message="sign in again"), 401
+        flash("Please sign in again.", "error")
+        return redirect(url_for("notes.signin", next=request.full_path if request.method == "GET" else "/"))
+
+    @app.errorhandler(LockkitError)
+    def lockkit_failed(err: LockkitError) -> Any:
+        """Any other lockkit error that reached a view (a key service down, a value that does
+        not decrypt): a clear answer, never a traceback."""
+        from flask import jsonify, render_template, request
+
+        status = 500 if isinstance(err, DecryptionError | EncryptionError) else 503
+        if request.path.startswith("/api/"):
+            return jsonify(error=type(err).__name__), status
+        heading = "Could not open your data" if status == 500 else "Temporarily unavailable"
+        return render_template("error.html", heading=heading, message=err.message), status
 
     import datetime as dt
 

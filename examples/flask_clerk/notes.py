@@ -6,7 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lockkit import Encryption, LockContext, encrypted_column, encrypted_table, matches
+from lockkit import DecryptionError, Encryption, LockContext, encrypted_column, encrypted_table, matches
+from lockkit.search import normalise
+from lockkit.search import words as search_words
 
 from .db import Database, dumps, loads
 
@@ -29,6 +31,9 @@ class Note:
     tags: list[str]
     created_at: float
     updated_at: float
+    #: False when the note did not decrypt (damaged or moved in the database): title and body
+    #: are then empty, and the note can only be deleted
+    readable: bool = True
 
 
 class ValidationError(ValueError):
@@ -122,13 +127,26 @@ class NoteStore:
         # against its own column
         models = [{"title": loads(r[1]), "body": loads(r[2])} for r in rows]
         models += [{"tag": p} for r in rows for p in tags.get(r[0], [])]
-        plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=ids).with_lock_context(self.lc).unwrap()
+        try:
+            plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=ids).with_lock_context(self.lc).unwrap()
+        except DecryptionError:
+            # some payload did not open (damaged or moved in the database): open the notes one
+            # by one, so that one bad note does not hide the others
+            return [self._open_one(r, tags.get(r[0], [])) for r in rows]
         opened = iter(m["tag"] for m in plain[len(rows):])
         notes = []
         for r, m in zip(rows, plain):
             note_tags = sorted(next(opened) for _ in tags.get(r[0], []))
             notes.append(Note(r[0], m["title"], m["body"], note_tags, r[3], r[4]))
         return notes
+
+    def _open_one(self, r: tuple[Any, ...], tags: list[dict[str, Any]]) -> Note:
+        models = [{"title": loads(r[1]), "body": loads(r[2])}, *({"tag": p} for p in tags)]
+        try:
+            plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=[r[0]]).with_lock_context(self.lc).unwrap()
+        except DecryptionError:
+            return Note(r[0], "", "", [], r[3], r[4], readable=False)
+        return Note(r[0], plain[0]["title"], plain[0]["body"], sorted(m["tag"] for m in plain[1:]), r[3], r[4])
 
     def all_notes(self) -> list[Note]:
         return self._open(self._rows())
@@ -151,17 +169,29 @@ class NoteStore:
         return self._open(self._rows(f" AND id IN ({marks})", tuple(ids)))
 
     def search(self, text: str) -> list[Note]:
-        """Free-text search: match terms (bloom filters) are compared without decrypting; only
-        candidates are decrypted, then re-checked exactly (bloom filters can over-match)."""
-        term_t = self.client.encrypt_query(text, column="title", table=notes_table).with_lock_context(self.lc).unwrap()
-        term_b = self.client.encrypt_query(text, column="body", table=notes_table).with_lock_context(self.lc).unwrap()
+        """Notes holding every word of ``text`` (of three or more letters), each in the title or
+        in the body, whole or as part of a word ("plan" finds "planning"); case, accents typed
+        either way and punctuation do not matter. Match terms (bloom filters, one per word and
+        column) are compared without decrypting; only candidates are decrypted, then re-checked
+        exactly on the same normalised words (bloom filters can over-match)."""
+        wanted = list(dict.fromkeys(w for w in search_words(text) if len(w) >= 3))
+        if not wanted:
+            return []
+        terms = [
+            tuple(self.client.encrypt_query(w, column=col, table=notes_table, query_type="match")
+                  .with_lock_context(self.lc).unwrap() for col in ("title", "body"))
+            for w in wanted
+        ]
         with self.db.transaction() as cur:
             rows = cur.execute("SELECT id, title, body, created_at, updated_at FROM notes WHERE owner = ?"
                                " ORDER BY updated_at DESC, id DESC", (self.owner,)).fetchall()
-        candidates = [r for r in rows if matches(term_t, loads(r[1])) or matches(term_b, loads(r[2]))]
-        words = [w.casefold() for w in text.split() if w]
+        candidates = []
+        for r in rows:
+            title, body = loads(r[1]), loads(r[2])
+            if all(matches(t, title) or matches(b, body) for t, b in terms):
+                candidates.append(r)
         return [n for n in self._open(candidates)
-                if all(w in n.title.casefold() or w in n.body.casefold() for w in words)]
+                if all(w in normalise(n.title) or w in normalise(n.body) for w in wanted)]
 
     def raw(self) -> list[dict[str, Any]]:
         """What the database holds for this owner (the "what the database sees" page)."""

@@ -120,6 +120,9 @@ def edit_note(note_id: int) -> Any:
     note = store().get(note_id)
     if note is None:
         abort(404)
+    if not note.readable:  # editing would replace what cannot be shown: delete it instead
+        flash("This note could not be decrypted; it can only be deleted.", "error")
+        return redirect(url_for("notes.show_note", note_id=note_id))
     return render_template("note_form.html", note=note, form={"title": note.title, "body": note.body, "tags": ", ".join(note.tags)})
 
 
@@ -127,8 +130,12 @@ def edit_note(note_id: int) -> Any:
 @lock_context_required
 def update_note(note_id: int) -> Any:
     s = store()
-    if s.get(note_id) is None:
+    current = s.get(note_id)
+    if current is None:
         abort(404)
+    if not current.readable:
+        flash("This note could not be decrypted; it can only be deleted.", "error")
+        return redirect(url_for("notes.show_note", note_id=note_id))
     try:
         title, body, tags = clean(request.form.get("title", ""), request.form.get("body", ""), request.form.get("tags", ""))
     except ValidationError as err:
@@ -194,7 +201,13 @@ def _pretty(row: dict[str, Any]) -> str:
 @bp.get("/api/notes")
 @lock_context_required
 def api_notes() -> Any:
-    return jsonify(notes=[{"id": n.id, "title": n.title, "body": n.body, "tags": n.tags} for n in store().all_notes()])
+    return jsonify(notes=[_as_json(n) for n in store().all_notes()])
+
+
+def _as_json(n: Any) -> dict[str, Any]:
+    if not n.readable:
+        return {"id": n.id, "error": "unreadable"}
+    return {"id": n.id, "title": n.title, "body": n.body, "tags": n.tags}
 
 
 @bp.get("/api/notes/<int:note_id>")
@@ -203,4 +216,4 @@ def api_note(note_id: int) -> Any:
     note = store().get(note_id)
     if note is None:
         return jsonify(error="not_found"), 404
-    return jsonify(id=note.id, title=note.title, body=note.body, tags=note.tags)
+    return jsonify(_as_json(note))
