@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -27,6 +28,7 @@ import pytest
 import requests
 from flask import Flask
 
+from lockkit import LockContext
 from lockkit.flask import get_state
 from lockkit.keys.local import LocalKeyService
 
@@ -49,6 +51,8 @@ from .example_support import (  # noqa: F401  (fixtures)
     sqlite_path,
     text,
 )
+
+from examples.flask_clerk.notes import NoteStore, notes_table  # noqa: E402  (example_support puts the repository on sys.path)
 
 # alice's notes: distinctive words (no hex-only or short words, so ciphertext cannot contain
 # them by chance)
@@ -393,6 +397,28 @@ def test_bob_finds_nothing_of_alice(alice: User, alice_notes: dict[str, int], bo
 
 
 # -- sign-out -------------------------------------------------------------------------------
+def test_long_id_lists_are_queried_in_chunks(alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL takes at most 65,535 parameters per query: ids go in chunks (here of 2,
+    across 5 notes), and every note and tag still comes back, newest first."""
+    from examples.flask_clerk import notes as notes_module
+
+    made = [alice.create(f"Chunk note {i}", f"body {i}", f"common, t{i}") for i in range(5)]
+    monkeypatch.setattr(notes_module, "_ID_CHUNK", 2)
+    assert alice.titles("/") == [f"Chunk note {i}" for i in reversed(range(5))]
+    assert alice.titles("/search?tag=common") == [f"Chunk note {i}" for i in reversed(range(5))]
+    assert {n["id"]: n["tags"] for n in alice.api_notes()} == {m: ["common", f"t{i}"] for i, m in enumerate(made)}
+
+
+@pytest.mark.parametrize("note_id", [0, 2**63 - 1, 2**63, 10**20])
+def test_note_ids_beyond_the_database_range_are_404(alice: User, note_id: int) -> None:
+    assert alice.client.get(f"/notes/{note_id}").status_code == 404
+    assert alice.client.get(f"/notes/{note_id}/edit").status_code == 404
+    assert alice.client.get(f"/api/notes/{note_id}").status_code == 404
+    csrf = alice.csrf()
+    assert alice.client.post(f"/notes/{note_id}/delete", data={"csrf_token": csrf}).status_code == 404
+    assert alice.client.post(f"/notes/{note_id}", data={"csrf_token": csrf, "title": "t"}).status_code == 404
+
+
 def test_sign_out_then_a_replayed_cookie_without_the_dev_token_shows_nothing(
     notes_app: Flask, alice: User, alice_notes: dict[str, int]
 ) -> None:
@@ -663,6 +689,81 @@ def test_create_app_takes_secret_key_from_the_environment(example_env: str, tmp_
         assert User(app, "frank").sign_in().status_code == 200
     finally:
         app.extensions["notes_db"].close()
+
+
+def test_postgres_schema_creation_is_safe_when_app_servers_start_together() -> None:
+    """Several app servers starting on an empty database all create the schema at once."""
+    import psycopg
+
+    from examples.flask_clerk.db import Database
+
+    from .example_support import PG_ADMIN_URL, PG_BASE_URL
+
+    name = f"lockkit_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def start() -> None:
+            db = Database(PG_BASE_URL + name)
+            try:
+                barrier.wait()
+                db.create_schema()
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+            finally:
+                db.close()
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_postgres_delete_and_a_rekey_batch_take_locks_in_one_order(pg_app: Flask, pg_database_url: str) -> None:
+    """A rekey batch holds a note's row and then rewrites its tag rows; a user deleting that
+    note meanwhile must wait for the note's row *before* touching its tags, or the two would
+    deadlock (PostgreSQL would abort one of them)."""
+    import psycopg
+
+    owner = User(pg_app, f"dana-{secrets.token_hex(4)}")
+    owner.sign_in()
+    note = owner.create("Locked", "a note deleted during a rekey batch", "alpha, beta")
+    store = NoteStore(pg_app.extensions["notes_db"], get_state(pg_app).encryption([notes_table]), owner.name,
+                      LockContext(token_service=get_state(pg_app).token_service).identify(
+                          pg_app.extensions["lockkit_dev"].mint(owner.name)).unwrap())
+    batch = psycopg.connect(pg_database_url, connect_timeout=5)  # the rekey batch's transaction
+    try:
+        cur = batch.cursor()
+        cur.execute("SELECT id FROM notes WHERE owner = %s AND id = ANY(%s) ORDER BY id FOR UPDATE", (owner.name, [note]))
+        cur.execute("UPDATE notes SET updated_at = updated_at WHERE id = %s", (note,))
+        outcome: list[Any] = []
+        def delete() -> None:
+            try:
+                outcome.append(store.delete(note))
+            finally:
+                pg_app.extensions["notes_db"].close()  # this thread's connection
+
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        for _ in range(200):  # until the delete waits on a lock
+            if _pg_rows(pg_database_url, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0]:
+                break
+            time.sleep(0.01)
+        cur.execute("UPDATE note_tags SET tag = tag WHERE note_id = %s", (note,))  # deadlocked here before
+        batch.commit()
+    finally:
+        batch.close()
+    deleting.join(30)
+    assert outcome == [True]
+    assert _pg_rows(pg_database_url, "SELECT count(*) FROM note_tags WHERE note_id = %s", (note,)) == [(0,)]
 
 
 # -- python -m examples.flask_clerk --------------------------------------------------------

@@ -134,6 +134,9 @@ class NotesRekeyStorage:
     def write(self, rows: list[Row]) -> int:
         written = 0
         with self.db.transaction() as cur:  # the whole batch or nothing
+            # the notes' rows first, in id order, as every writer does: never a lock cycle with
+            # a user editing or deleting one of them meanwhile
+            cur.lock_notes(self.owner, [int(str(row_id).split(":")[1]) for row_id, _ in rows])
             for row_id, fields in rows:
                 old = self._old.pop(row_id)
                 kind, note_id = str(row_id).split(":")[:2]

@@ -28,7 +28,13 @@ SCHEMA = [
         tag TEXT NOT NULL,
         tag_hm TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS note_tags_lookup ON note_tags (owner, tag_hm)",
+    "CREATE INDEX IF NOT EXISTS note_tags_note ON note_tags (note_id)",
 ]
+#: PostgreSQL: one schema creation at a time (app servers starting together on an empty
+#: database would otherwise collide on CREATE TABLE IF NOT EXISTS)
+_SCHEMA_LOCK = 0x6C6F636B6B6974  # "lockkit"
+#: the largest id a note can have (SQLite INTEGER; PostgreSQL SERIAL is smaller and just finds none)
+MAX_ID = 2**63 - 1
 
 
 class Database:
@@ -82,6 +88,8 @@ class Database:
     def create_schema(self) -> None:
         pk = "SERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
         with self.transaction() as cur:
+            if self.postgres:
+                cur.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
             for stmt in SCHEMA:
                 cur.execute(stmt.format(pk=pk))
 
@@ -101,6 +109,14 @@ class _Cursor:
             return int(self._cur.fetchone()[0])
         self._cur.execute(sql, tuple(params))
         return int(self._cur.lastrowid)
+
+    def lock_notes(self, owner: str, ids: Sequence[int]) -> None:
+        """Lock these notes' rows for this transaction, in id order (PostgreSQL; SQLite has one
+        writer at a time). Every writer takes a note's row before its tag rows, so two
+        transactions never wait on each other in a cycle."""
+        if ids and self._sql("?") == "%s":
+            self._cur.execute("SELECT id FROM notes WHERE owner = %s AND id = ANY(%s) ORDER BY id FOR UPDATE",
+                              (owner, sorted(set(ids))))
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return list(self._cur.fetchall())

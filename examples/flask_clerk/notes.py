@@ -10,7 +10,7 @@ from lockkit import DecryptionError, Encryption, LockContext, encrypted_column, 
 from lockkit.search import normalise
 from lockkit.search import words as search_words
 
-from .db import Database, dumps, loads
+from .db import MAX_ID, Database, dumps, loads
 
 notes_table = encrypted_table(
     "notes",
@@ -21,6 +21,8 @@ notes_table = encrypted_table(
 )
 
 MAX_TITLE, MAX_BODY, MAX_TAGS, MAX_TAG = 200, 20_000, 20, 40
+#: note ids per IN (...) query (PostgreSQL takes at most 65,535 parameters, SQLite builds less)
+_ID_CHUNK = 5000
 
 
 @dataclass
@@ -81,6 +83,8 @@ class NoteStore:
         return note_id
 
     def update(self, note_id: int, title: str, body: str, tags: list[str]) -> bool:
+        if not 0 < note_id <= MAX_ID:
+            return False
         row, tag_payloads = self._encrypt(title, body, tags)
         with self.db.transaction() as cur:
             cur.execute("UPDATE notes SET title = ?, body = ?, updated_at = ? WHERE id = ? AND owner = ?",
@@ -94,7 +98,10 @@ class NoteStore:
         return True
 
     def delete(self, note_id: int) -> bool:
+        if not 0 < note_id <= MAX_ID:
+            return False
         with self.db.transaction() as cur:
+            cur.lock_notes(self.owner, [note_id])  # the note's row before its tags, as every writer
             cur.execute("DELETE FROM note_tags WHERE note_id = ? AND owner = ?", (note_id, self.owner))
             cur.execute("DELETE FROM notes WHERE id = ? AND owner = ?", (note_id, self.owner))
             return bool(cur._cur.rowcount == 1)
@@ -108,10 +115,13 @@ class NoteStore:
     def _tags(self, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
         if not ids:
             return {}
-        marks = ",".join("?" * len(ids))
+        rows: list[tuple[Any, ...]] = []
         with self.db.transaction() as cur:
-            rows = cur.execute(f"SELECT note_id, tag FROM note_tags WHERE owner = ? AND note_id IN ({marks})",
-                               (self.owner, *ids)).fetchall()
+            for start in range(0, len(ids), _ID_CHUNK):  # placeholders per query are limited
+                part = ids[start : start + _ID_CHUNK]
+                rows += cur.execute(
+                    f"SELECT note_id, tag FROM note_tags WHERE owner = ? AND note_id IN ({','.join('?' * len(part))})",
+                    (self.owner, *part)).fetchall()
         out: dict[int, list[dict[str, Any]]] = {}
         for note_id, tag in rows:
             out.setdefault(note_id, []).append(loads(tag))
@@ -154,6 +164,8 @@ class NoteStore:
     def get(self, note_id: int) -> Note | None:
         """The note if this owner has it; ``None`` otherwise (another user's id included) —
         and then no key is asked for."""
+        if not 0 < note_id <= MAX_ID:  # no such row (and SQLite cannot even bind the number)
+            return None
         rows = self._rows(" AND id = ?", (note_id,))
         return self._open(rows)[0] if rows else None
 
@@ -165,8 +177,12 @@ class NoteStore:
                 "SELECT DISTINCT note_id FROM note_tags WHERE owner = ? AND tag_hm = ?", (self.owner, term["hm"])).fetchall()]
         if not ids:
             return []
-        marks = ",".join("?" * len(ids))
-        return self._open(self._rows(f" AND id IN ({marks})", tuple(ids)))
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), _ID_CHUNK):
+            part = ids[start : start + _ID_CHUNK]
+            rows += self._rows(f" AND id IN ({','.join('?' * len(part))})", tuple(part))
+        rows.sort(key=lambda r: (r[4], r[0]), reverse=True)  # newest first, as one query orders them
+        return self._open(rows)
 
     def search(self, text: str) -> list[Note]:
         """Notes holding every word of ``text`` (of three or more letters), each in the title or
