@@ -53,7 +53,7 @@ class Operation(Generic[T]):
         audit: AuditContext | None = None,
     ) -> None:
         self._fn = fn
-        self._lc = lock_context
+        self._lc = _bound(lock_context) if lock_context is not None else None
         self._audit = audit
         self._result: Result[T] | None = None
         self._mutex = threading.Lock()
@@ -68,14 +68,7 @@ class Operation(Generic[T]):
         :raises TypeError: not a LockContext.
         :raises RuntimeError: the operation already ran.
         """
-        if type(lock_context) is not LockContext:
-            # a proxy (e.g. lockkit.flask's current_lock_context): bind the lock context it
-            # stands for now, so the operation may run later, outside the request
-            resolve = getattr(lock_context, "_get_current_object", None)
-            if resolve is not None:
-                lock_context = resolve()
-            if not isinstance(lock_context, LockContext):
-                raise TypeError("with_lock_context() takes a LockContext")
+        lock_context = _bound(lock_context)
         self._check_pending()
         return Operation(self._fn, lock_context, self._audit)
 
@@ -128,6 +121,25 @@ class _Item:
         self.table, self.col, self.value = table, col, value
 
 
+def _bound(lock_context: Any) -> LockContext:
+    """``lock_context`` as a LockContext: a proxy (e.g. lockkit.flask's current_lock_context)
+    is resolved now, so the operation may run later, outside the request.
+
+    :raises TypeError: not a LockContext (a token string or a CtsToken: wrap it in
+        ``LockContext(cts_token=...)``).
+    """
+    if type(lock_context) is not LockContext:
+        resolve = getattr(lock_context, "_get_current_object", None)
+        if resolve is not None:
+            lock_context = resolve()
+        if not isinstance(lock_context, LockContext):
+            raise TypeError(
+                f"a lock context must be a LockContext, not {type(lock_context).__name__} "
+                "(a CTS token goes in LockContext(cts_token=...))"
+            )
+    return lock_context
+
+
 def _lock_for(lc: LockContext | None) -> Lock | None:
     if lc is None:
         return None
@@ -160,6 +172,12 @@ class Encryption:
 
             settings = settings or load_settings()
             token_service, key_service = default_services(settings)
+        if not callable(getattr(key_service, "release", None)) or not isinstance(
+            getattr(key_service, "workspace_crn", None), str
+        ):
+            raise ClientInitError("key_service= must be a key service (with release() and workspace_crn)")
+        if isinstance(schemas, EncryptedTable) or not isinstance(schemas, Iterable):
+            raise ClientInitError("schemas must be a list of encrypted_table(...) objects")
         self.workspace_crn = key_service.workspace_crn
         self.keyset = check_name("keyset", keyset or (settings.keyset if settings else "default"))
         self.key_service = key_service
@@ -190,8 +208,17 @@ class Encryption:
         return self._table(name)
 
     def _table(self, table: EncryptedTable | str) -> EncryptedTable:
+        """The declared table: by name, or the object itself. Another table object, even of the
+        same name, is refused: the declaration (types, lock requirements) is what counts."""
         if isinstance(table, EncryptedTable):
-            return table
+            declared = self._tables.get(table.table_name)
+            if declared is None or (declared is not table and declared != table):
+                raise ClientInitError(
+                    f"table {table.table_name!r} is not the one declared in Encryption(schemas=[...])"
+                )
+            return declared
+        if not isinstance(table, str):
+            raise ClientInitError(f"a table is named by a string or given as encrypted_table(...), not {type(table).__name__}")
         t = self._tables.get(table)
         if t is None:
             raise ClientInitError(f"unknown table {table!r}: pass it in Encryption(schemas=[...])")
@@ -246,6 +273,7 @@ class Encryption:
         A problem with the lock context (expired, forged) yields failures for the rest of the
         chunk and stops.
         """
+        lock_context = _bound(lock_context) if lock_context is not None else None
         t = self._table(table)
         col = t.column(column)
         for chunk in _chunks(values, chunk_size):
@@ -262,6 +290,7 @@ class Encryption:
     ) -> Iterator[Result[Any]]:
         """Decrypt an iterable of payloads, yielding per-item results in order, one
         key-service call per ``chunk_size`` payloads (see :meth:`stream_encrypt`)."""
+        lock_context = _bound(lock_context) if lock_context is not None else None
         for chunk in _chunks(payloads, chunk_size):
             try:
                 outs = self._decrypt_items(chunk, lock_context)

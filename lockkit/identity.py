@@ -36,7 +36,11 @@ class CtsToken:
     def __init__(self, access_token: str, expiry: float) -> None:
         if not isinstance(access_token, str) or not access_token:
             raise CtsTokenError("CTS token has no access token")
-        if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
+        if (
+            isinstance(expiry, bool) or not isinstance(expiry, int | float)
+            or (isinstance(expiry, float) and not math.isfinite(expiry))
+            or not -(2**62) < expiry < 2**62  # an int too large for a float, or for any clock
+        ):
             raise CtsTokenError("CTS token expiry must be a number of unix seconds")
         self._access_token = access_token
         self._expiry = int(expiry)
@@ -93,6 +97,8 @@ class TokenService(Protocol):
 
 
 def _normalise_claims(identity_claim: Sequence[str] | str) -> tuple[str, ...]:
+    if not isinstance(identity_claim, str | Sequence):
+        raise LockContextError(f"identity_claim must be a claim name or a list of them, not {type(identity_claim).__name__}")
     names = (identity_claim,) if isinstance(identity_claim, str) else tuple(identity_claim)
     if not names:
         raise LockContextError("a lock context must name at least one identity claim")

@@ -71,10 +71,37 @@ def encode_value(kind: str, value: Any, where: str) -> bytes:
             if isinstance(value, dt.datetime):
                 return b"t" + value.isoformat().encode()
         elif kind == "json":
+            _check_json(value, where)
             return b"j" + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, OverflowError, RecursionError) as err:
         raise EncryptionError(f"{where}: value cannot be encoded as {kind} ({type(err).__name__})") from err
     raise EncryptionError(f"{where} expects {kind}, got {type(value).__name__}")
+
+
+#: how deep JSON values may nest: far below Python's recursion limit, so a value that
+#: encrypts always decrypts, however deep the caller's own stack is
+MAX_JSON_DEPTH = 64
+
+
+def _check_json(value: Any, where: str) -> None:
+    """Refuse what JSON would silently change or could not read back: object keys that are
+    not strings (``{1: "a"}`` would come back as ``{"1": "a"}``, and ``{1: "a", "1": "b"}``
+    would lose a member) and nesting deeper than :data:`MAX_JSON_DEPTH`."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise EncryptionError(f"{where}: JSON nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        raise EncryptionError(
+                            f"{where}: JSON object keys must be strings (got {type(k).__name__}; it would come back as a string)"
+                        )
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in v)
 
 
 def decode_value(raw: bytes) -> Any:

@@ -128,6 +128,8 @@ class EncryptedTable:
             if self._by_column.get(ref.name) != ref:
                 raise ClientInitError(f"column {ref.name!r} is not part of table {self.table_name!r}")
             return ref
+        if not isinstance(ref, str):
+            raise ClientInitError(f"a column is named by a string or given as encrypted_column(...), not {type(ref).__name__}")
         col = self.columns.get(ref) or self._by_column.get(ref)
         if col is None:
             raise ClientInitError(f"table {self.table_name!r} has no column {ref!r}")

@@ -121,7 +121,12 @@ def matches(term: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
             return False
     if "bf" in term:
         checked = True
-        bf = payload.get("bf")
-        if not isinstance(bf, list) or not set(term["bf"]) <= set(bf):
+        bf, want = payload.get("bf"), term["bf"]
+        if not isinstance(bf, list) or not isinstance(want, list):
+            return False
+        try:  # the stored filter is not authenticated: anything may be in it
+            if not set(want) <= set(bf):
+                return False
+        except TypeError:  # unhashable junk
             return False
     return checked
