@@ -35,6 +35,12 @@ pytestmark = pytest.mark.backends("openbao")
 notes = encrypted_table("notes", body=encrypted_column("body").equality().free_text_search())
 
 
+@pytest.fixture
+def client(users: Any, key_service: Any, token_service: Any) -> Encryption:
+    """The suite's client, with this module's ``notes`` table declared too."""
+    return Encryption([users, notes], key_service=key_service, token_service=token_service)
+
+
 def bao_call(addr: str, token: str, method: str, path: str, body: Any = None) -> requests.Response:
     return requests.request(method, f"{addr}/v1/{path}", json=body, headers={"X-Vault-Token": token}, timeout=10)
 
