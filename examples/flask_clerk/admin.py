@@ -247,6 +247,11 @@ def rekey_command(batch_size: int, provider_name: str | None) -> None:
                 rows_changed += report.changed_meanwhile
     except LockkitError as err:
         raise click.ClickException(f"{err.message} (rows already moved stay moved; run `notes rekey` again)") from err
+    except db.errors as err:  # a lost connection, a lock timeout: the failed batch was rolled back
+        raise click.ClickException(
+            f"database error ({type(err).__name__}); the batch in progress was rolled back, rows already moved "
+            "stay moved: run `notes rekey` again"
+        ) from err
     click.echo(f"rekeyed {moved} rows of {len(jobs)} owners")
     if rows_changed:
         click.echo(f"{rows_changed} rows changed meanwhile (rewritten by the app); run `notes rekey` again to check them")

@@ -46,6 +46,12 @@ class Database:
         self._local = threading.local()
         if not self.postgres and not url.startswith("sqlite:///"):
             raise ValueError("DATABASE_URL must be sqlite:///path or postgresql://...")
+        #: what this database's driver raises
+        self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+        if self.postgres:
+            import psycopg
+
+            self.errors = (psycopg.Error,)
 
     def _connect(self) -> Any:
         conn = getattr(self._local, "conn", None)
