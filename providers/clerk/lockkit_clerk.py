@@ -224,8 +224,12 @@ class _BearerAuth(AuthBase):
         raise TypeError("the Clerk secret key is not picklable")
 
 
-def _backend_api_session(secret_key: str) -> requests.Session:
+def _backend_api_session(secret_key: str, base_url: str) -> requests.Session:
     session = requests.Session()
+    if base_url.startswith("http://"):
+        # plain http (allowed on loopback only) never goes through a proxy from the environment:
+        # it would see the secret key and could answer with its own signing keys
+        session.trust_env = False
     session.auth = _BearerAuth(secret_key)
     session.headers["User-Agent"] = "lockkit-clerk/0.1"
     return session
@@ -327,7 +331,7 @@ class ClerkProvider(IdentityProvider):
                     "e.g. https://api.clerk.com"
                 )
             key_source = {"jwks_uri": f"{base}/v1/jwks"}
-            http = _backend_api_session(secret_key)
+            http = _backend_api_session(secret_key, base)
         config = IssuerConfig(
             issuer=issuer,
             authorized_parties=self.authorized_parties,

@@ -390,6 +390,32 @@ def test_both_keys_prefer_the_networkless_jwt_key(
     assert len(backend_api.auth_headers) == before
 
 
+def test_the_backend_api_on_loopback_is_never_reached_through_a_proxy(
+    clerk_cls: type[IdentityProvider], mint: Mint, backend_api: BackendAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JWKS request carries the secret key: over plain http (loopback only) it must not go
+    to an HTTP_PROXY from the environment, which would see the key and could serve its own."""
+    import socket
+
+    with socket.socket() as trap:  # a "proxy" that accepts connections and never answers
+        trap.bind(("127.0.0.1", 0))
+        trap.listen()
+        proxy = f"http://127.0.0.1:{trap.getsockname()[1]}"
+        for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(var, proxy)
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        provider = clerk_cls.from_config({"CLERK_SECRET_KEY": SK, "CLERK_PUBLISHABLE_KEY": PK,
+                                          "CLERK_AUTHORIZED_PARTIES": APP, "CLERK_API_URL": backend_api.url})
+        before = backend_api.authorized
+        claims = provider.verify(mint(), now=T0 + 1)
+        assert claims is not None and claims["sub"] == ALICE
+        assert backend_api.authorized == before + 1  # fetched from the Backend API itself
+        trap.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            trap.accept()  # nobody connected to the proxy
+
+
 def test_version_1_claims_are_accepted(provider: IdentityProvider, mint: Mint) -> None:
     token = mint(omit=("v", "fea", "pla", "sts", "fva"), org_id="org_2x", org_role="org:admin")
     claims = provider.verify(token, now=T0 + 1)
