@@ -328,6 +328,15 @@ class AuditLog:
             except FileNotFoundError:
                 self._no_head()  # raises when the log has entries: the end of the chain is unknown
                 head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    # a genuine empty head before the first entry: a writer killed during the
+                    # first append leaves "nothing committed", which the next writer repairs,
+                    # not an empty head file that would block the log for good
+                    if not os.pread(head_fd, HEAD_BYTES + 1, 0).strip():
+                        self._put_head(head_fd, 0, GENESIS, 0)
+                except BaseException:
+                    os.close(head_fd)
+                    raise
             except OSError as err:
                 raise AuditError(f"audit head {self.head_path} cannot be opened for writing") from err
             try:
@@ -360,16 +369,7 @@ class AuditLog:
                 if self.fsync:
                     os.fsync(log_fd)
                 new_size = size + len(data)
-                mac = self._head_mac(seq, prev, new_size)
-                head = json.dumps({"seq": seq, "hash": prev, "size": new_size, "mac": mac}).encode()
-                if len(head) > HEAD_BYTES - 1:  # pragma: no cover - a 19-digit seq and size still fit
-                    raise AuditError("audit head record is too long")
-                raw = head.ljust(HEAD_BYTES - 1) + b"\n"
-                if os.pwrite(head_fd, raw, 0) != len(raw):
-                    raise OSError("short write of the audit head")
-                if self.fsync:
-                    os.fsync(head_fd)
-                self._head_cache = (raw, (seq, prev, new_size))
+                self._put_head(head_fd, seq, prev, new_size)
             except BaseException:
                 self._head_cache = None
                 try:  # roll back: the entries were never committed (the release is refused)
@@ -380,6 +380,18 @@ class AuditLog:
                 raise
         finally:
             os.close(log_fd)
+
+    def _put_head(self, head_fd: int, seq: int, digest: str, size: int) -> None:
+        """Write the MACed head in place (one fixed-size pwrite at offset 0)."""
+        head = json.dumps({"seq": seq, "hash": digest, "size": size, "mac": self._head_mac(seq, digest, size)}).encode()
+        if len(head) > HEAD_BYTES - 1:  # pragma: no cover - a 19-digit seq and size still fit
+            raise AuditError("audit head record is too long")
+        raw = head.ljust(HEAD_BYTES - 1) + b"\n"
+        if os.pwrite(head_fd, raw, 0) != len(raw):
+            raise OSError("short write of the audit head")
+        if self.fsync:
+            os.fsync(head_fd)
+        self._head_cache = (raw, (seq, digest, size))
 
     def verify(self) -> Verification:
         """Check the whole file: every entry's MAC, the chain, and the head; name the first bad

@@ -723,6 +723,41 @@ def test_untouched_log_verifies(ten: AuditLog) -> None:
     assert result.ok and result.entries == 10 and result.problem is None
 
 
+@pytest.mark.parametrize("writes_before", [0, 1])
+def test_a_writer_killed_before_committing_is_repaired_by_the_next(tmp_path: Path, writes_before: int) -> None:
+    """A process killed after appending its entries but before writing the head, on the log's
+    very first write as on any later one: the next writer drops the uncommitted bytes and goes
+    on (a fail-closed log that stayed blocked would stop every key release)."""
+    path = tmp_path / "audit.log"
+    key = b"k" * 32
+
+    def event(sub: str) -> AuditEvent:
+        return AuditEvent(time.time(), WORKSPACE, "default", "local", "decrypt", "notes", "body", 1, "granted", sub)
+
+    for _ in range(writes_before):
+        AuditLog(path, key).write([event("alice")])
+    child = (
+        "import os, sys, time\n"
+        "from lockkit.audit import AuditEvent, AuditLog\n"
+        "real = os.pwrite\n"
+        "def dying(fd, data, offset):\n"
+        "    if b'\"size\": 0,' in data:  # the empty head a first write starts with\n"
+        "        return real(fd, data, offset)\n"
+        "    os._exit(9)  # the entries are appended; the head is not written\n"
+        "os.pwrite = dying\n"
+        f"AuditLog({str(path)!r}, {key!r}).write([AuditEvent(time.time(), {WORKSPACE!r}, 'default', 'local', "
+        "'decrypt', 'notes', 'body', 1, 'granted', 'mallory')])\n"
+    )
+    assert subprocess.run([sys.executable, "-c", child], timeout=60).returncode == 9
+    assert path.stat().st_size > 0
+    log = AuditLog(path, key)
+    assert not log.verify().ok  # the interrupted write shows until repaired
+    log.write([event("bob")])
+    result = log.verify()
+    assert result.ok and result.entries == writes_before + 1
+    assert [e.subject for _, e in log.events()] == ["alice"] * writes_before + ["bob"]
+
+
 def test_line_separators_inside_entries_verify(tmp_path: Path, keyring: Keyring, token_service: Any,
                                                idp: LocalIssuer) -> None:
     """JSON keeps U+2028, U+2029 and U+0085 raw inside strings: a record id, metadata or an
