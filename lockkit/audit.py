@@ -127,18 +127,28 @@ class Auditor:
             try:
                 sink.write(events)
                 done.append(sink)
-            except Exception as err:  # any sink failure is an audit failure
-                log.error("audit sink %r failed: %s", sink, err)
-                if self.fail_closed:
-                    aborted = [replace(ev, outcome="aborted", reason=f"audit sink {type(sink).__name__} failed; "
-                                       "the release was refused") for ev in events if ev.outcome == "granted"]
-                    for other in done:
-                        try:
-                            other.write(aborted)
-                        except Exception as err2:  # pragma: no cover - best effort
-                            log.error("audit sink %r failed to record an abort: %s", other, err2)
+            except BaseException as err:  # any sink failure is an audit failure (a timeout or an interrupt too)
+                log.error("audit sink %r failed: %s", sink, err if isinstance(err, Exception) else type(err).__name__)
+                fatal = not isinstance(err, Exception)  # KeyboardInterrupt, a green-thread timeout...
+                if self.fail_closed or fatal:
+                    self._abort(done, sink, events)
+                    if fatal:
+                        raise  # the release is refused anyway: the key service never returns
                     raise AuditError(f"the audit log could not record the key release ({type(err).__name__}); "
                                      "no key was released") from err
+
+    @staticmethod
+    def _abort(done: Sequence[AuditSink], failed: AuditSink, events: Sequence[AuditEvent]) -> None:
+        """Tell the sinks that recorded a release that it was refused after all."""
+        aborted = [replace(ev, outcome="aborted", reason=f"audit sink {type(failed).__name__} failed; "
+                           "the release was refused") for ev in events if ev.outcome == "granted"]
+        if not aborted:
+            return
+        for other in done:
+            try:
+                other.write(aborted)
+            except Exception as err2:  # pragma: no cover - best effort
+                log.error("audit sink %r failed to record an abort: %s", other, err2)
 
     def events(
         self,

@@ -505,6 +505,26 @@ def test_failing_sink_releases_no_key(
     assert sink.calls == 6
 
 
+class InterruptingSink:
+    def write(self, events: Any) -> None:
+        raise KeyboardInterrupt  # or a green thread's timeout: not an Exception
+
+
+@pytest.mark.parametrize("fail_closed", [True, False])
+def test_an_interrupted_sink_leaves_no_standing_grant(
+    backend: str, make_client: Callable[..., Encryption], log: AuditLog, ident: Callable[[str], LockContext],
+    fail_closed: bool,
+) -> None:
+    """The built-in log recorded the grant, then the next sink was interrupted: the release
+    never happens, so the log gets the compensating ``aborted`` before the interrupt goes on."""
+    alice = ident("alice")
+    c = make_client(log, InterruptingSink(), fail_closed=fail_closed)
+    with pytest.raises(KeyboardInterrupt):
+        c.encrypt("secret text", column="body", table="notes").with_lock_context(alice).result()
+    assert [e.outcome for _, e in log.events()] == ["granted", "aborted"]
+    assert log.verify().ok
+
+
 def test_fail_open_auditor_logs_the_error_and_continues(
     backend: str, make_client: Callable[..., Encryption], ident: Callable[[str], LockContext],
     caplog: pytest.LogCaptureFixture,
