@@ -179,6 +179,13 @@ def test_app_service_token_cannot_get_plaintext_or_change_config(
         assert bao_call(bao.addr, app_token, method, path, body).status_code == 403, path
     meta = bao_call(bao.addr, bao.root_token, "GET", f"transit/keys/{a_key}").json()["data"]
     assert meta["exportable"] is False and meta["deletion_allowed"] is False
+    # pre-creating a user's key: never exportable, backup-able, derived or of another type
+    # (those settings cannot be undone once the key exists)
+    bob_key = key_name(bao_config, "bob-not-yet-signed-in")
+    for body in ({"exportable": True}, {"allow_plaintext_backup": True}, {"derived": True}, {"type": "chacha20-poly1305"},
+                 {"exportable": False, "allow_plaintext_backup": True}):
+        assert bao_call(bao.addr, app_token, "POST", f"transit/keys/{bob_key}", body).status_code == 403, body
+    assert bao_call(bao.addr, bao.root_token, "GET", f"transit/keys/{bob_key}").status_code == 404
 
 
 def test_batches_are_chunked_to_the_server_limit(backend: str, bao_config: OpenBaoConfig, idp: LocalIssuer) -> None:

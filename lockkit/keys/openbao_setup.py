@@ -43,13 +43,23 @@ def user_policy(transit: str, accessor: str, prefix: str) -> str:
     )
 
 
+#: key settings the app's token may never set when it creates a key
+_DENIED_KEY_PARAMETERS = ("exportable", "allow_plaintext_backup", "derived", "convergent_encryption", "type",
+                          "key_size", "managed_key_name", "managed_key_id")
+
+
 def app_policy(transit: str, prefix: str) -> str:
     """The app's service identity: create keys, read metadata, rewrap, rotate. Never plaintext,
     data keys, exports, or key config changes. ("+" is one path segment, so keys/+ does not
     cover keys/<name>/config; the denies make that explicit.)"""
     return (
         "# lockkit-app: the web app's own identity. It can never obtain plaintext or data keys.\n"
-        f'path "{transit}/keys/+" {{\n  capabilities = ["create", "update", "read"]\n}}\n'
+        f'path "{transit}/keys/+" {{\n  capabilities = ["create", "update", "read"]\n'
+        # creating a key (a user's, before first use) never makes it exportable or backup-able,
+        # nor of another type: those settings cannot be undone once a key exists
+        '  denied_parameters = {\n'
+        + "".join(f'    "{p}" = []\n' for p in _DENIED_KEY_PARAMETERS)
+        + "  }\n}\n"
         f'path "{transit}/keys/+/config" {{\n  capabilities = ["deny"]\n}}\n'
         f'path "{transit}/keys/+/trim" {{\n  capabilities = ["deny"]\n}}\n'
         f'path "{transit}/keys/+/rotate" {{\n  capabilities = ["update"]\n}}\n'
