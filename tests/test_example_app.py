@@ -452,6 +452,51 @@ def test_sign_out_then_a_replayed_cookie_without_the_dev_token_shows_nothing(
     assert after is not None and "_lockkit_cts" not in dict(serializer.loads(after.value))
 
 
+def test_sign_out_revokes_the_openbao_token_and_forgets_its_data_keys(example_env: str, sqlite_path: Path,
+                                                                      tmp_path: Path) -> None:
+    """With cookie sessions, a copy of the cookie taken before sign-out still carries the
+    sealed identity and CTS tokens. In OpenBao mode sign-out revokes the OpenBao token and the
+    key service drops the data keys it cached for it: the copy reads nothing."""
+    from lockkit_dev import AUDIENCE
+
+    from lockkit.config import OpenBaoConfig
+    from lockkit.flask.extension import SESSION_PURPOSE
+    from lockkit.keys.openbao import decode_token
+    from lockkit.keys.openbao_setup import setup
+
+    from .bao_support import iter_dev
+    from .example_support import serve
+
+    (tmp_path / "bao").mkdir()
+    node_iter = iter_dev(tmp_path / "bao")
+    node = next(node_iter)
+    try:
+        with example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_KEY_BACKEND="openbao",
+                         LOCKKIT_OPENBAO_ADDR=node.addr) as app, serve(app) as url:
+            # OpenBao verifies the dev issuer's tokens with the keys the app serves
+            setup(OpenBaoConfig(addr=node.addr), node.root_token, issuer=app.extensions["lockkit_dev"].issuer,
+                  jwks_url=f"{url}/lockkit/dev/jwks.json", audiences=[AUDIENCE])
+            alice = User(app, "alice")
+            alice.sign_in()
+            alice.create(**PLAN)
+            assert [n["title"] for n in alice.api_notes()] == [PLAN["title"]]  # data key cached now
+            kept = alice.client.get_cookie("session")
+            assert kept is not None
+            serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+            sealed = serializer.loads(kept.value)[get_state(app).session_key]
+            stored = get_state(app).sealer.unseal(SESSION_PURPOSE, sealed)
+            bao_token, _, _ = decode_token(stored["tok"])
+            assert location(alice.sign_out()) == "/"
+            lookup = requests.get(f"{node.addr}/v1/auth/token/lookup-self", headers={"X-Vault-Token": bao_token}, timeout=10)
+            assert lookup.status_code == 403  # revoked at OpenBao
+            thief = app.test_client()
+            thief.set_cookie("session", kept.value)
+            stolen = thief.get("/api/notes")
+            assert stolen.status_code != 200 and PLAN["title"] not in stolen.get_data(as_text=True)
+    finally:
+        node_iter.close()
+
+
 @pytest.fixture
 def redis_notes_app(example_env: str, sqlite_path: Path) -> Iterator[tuple[Flask, Any, str]]:
     """The example app with server-side sessions in Redis (``REDIS_URL``), under a key prefix of

@@ -166,3 +166,45 @@ def test_dev_sign_in_issues_a_new_session_id(shared_config: dict[str, Any]) -> N
     planted.set_cookie("session", before)
     assert planted.get("/api/me").status_code == 401
     assert browser.get("/api/me").status_code == 200
+
+
+def test_a_first_sign_in_by_bearer_gets_a_new_session_id(redis_client: redis.Redis, prefix: str,
+                                                          shared_config: dict[str, Any]) -> None:
+    """With a provider that has no sign-in route of its own (Clerk: the identity arrives on
+    each request), the exchange that first stores a CTS token gives the session a new id: one
+    planted in the browser beforehand is not the one it is signed in with."""
+    app = _server(shared_config)
+    attacker = app.test_client()
+    attacker.get("/lockkit/dev/login")  # any page that stores something: a session id exists
+    planted = cookie_value(attacker)
+    assert planted is not None and redis_client.exists(prefix + planted)
+    victim = app.test_client()
+    victim.set_cookie("session", planted)
+    token = dev_provider(app).mint("alice")
+    assert victim.get("/api/me", headers=bearer(token)).status_code == 200
+    now = cookie_value(victim)
+    assert now is not None and now != planted
+    assert not redis_client.exists(prefix + planted)  # the planted id is gone from the store
+    assert stored_cts(app, now)["sub"] == "alice"  # type: ignore[index]
+    # steady state: the same identity keeps its id
+    assert victim.get("/api/me", headers=bearer(token)).status_code == 200 and cookie_value(victim) == now
+    # another identity in the same browser: a new id again
+    assert victim.get("/api/me", headers=bearer(dev_provider(app).mint("bob"))).status_code == 200
+    assert cookie_value(victim) not in (now, planted)
+
+
+def test_sign_out_gives_the_session_a_new_id(redis_client: redis.Redis, prefix: str, shared_config: dict[str, Any]) -> None:
+    """A request still in flight when the user signs out cannot write the signed-in session
+    back under the id the browser keeps using."""
+    app = _server(shared_config)
+    browser = app.test_client()
+    dev_sign_in(browser, "alice", "/notes")
+    assert browser.get("/notes").status_code == 200
+    before = cookie_value(browser)
+    assert before is not None
+    csrf = form_field(browser.get("/lockkit/dev/login").get_data(as_text=True), "csrf")
+    assert browser.post("/lockkit/dev/logout", data={"csrf": csrf}).status_code == 302
+    assert not redis_client.exists(prefix + before)
+    after = cookie_value(browser)
+    assert after != before and (after is None or stored_cts(app, after) is None)
+    assert browser.get("/api/me").status_code == 401

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
 from lockkit.errors import EncryptionError
-from lockkit.flask import current_claims, current_lock_context, get_state, lock_context_required
+from lockkit.flask import current_claims, current_lock_context, end_session, get_state, lock_context_required
 from lockkit.provider import safe_next
 
 from .db import Database
@@ -73,6 +73,7 @@ def signin() -> Any:
 
 @bp.post("/signout")
 def signout() -> Any:
+    end_session()  # revoke/forget the CTS token; a server-side session gets a new id
     for provider in get_state().providers:
         resp = provider.logout_response("/")
         if resp is not None:

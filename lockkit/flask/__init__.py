@@ -1,7 +1,7 @@
 """The Flask kit: ``LockKit(app)``, ``get_cts_token()``, ``current_lock_context``,
 ``@lock_context_required``."""
 
-from .extension import DEFAULTS, LockKit, LockKitState, get_state
+from .extension import DEFAULTS, LockKit, LockKitState, end_session, get_state
 from .helpers import CtsTokenResult, current_claims, current_lock_context, get_cts_token, lock_context_required
 from .session import Sealer
 
@@ -13,6 +13,7 @@ __all__ = [
     "Sealer",
     "current_claims",
     "current_lock_context",
+    "end_session",
     "get_cts_token",
     "get_state",
     "lock_context_required",

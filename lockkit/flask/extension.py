@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pluggy
-from flask import Flask, current_app, g, request, session
+from flask import Flask, current_app, g, has_request_context, request, session
 from werkzeug.wrappers import Response
 
 from ..audit import AuditLog
@@ -258,7 +258,7 @@ def _authenticate() -> None:
             ns.reason = "invalid"  # a token no configured provider owns
             return
         if state.session_key in session:
-            session.pop(state.session_key, None)
+            _retire(state, session.pop(state.session_key, None))
             signals.cts_token_removed.send(current_app._get_current_object(), reason="signed-out")  # type: ignore[attr-defined]
         return
     ns.provider, ns.claims = provider, claims
@@ -300,6 +300,13 @@ def _authenticate() -> None:
         ns.unavailable, ns.reason = True, "unavailable"
         log.error("token service refused a verified identity (configuration?): %s", err.message)
         return
+    previous = state.sealer.unseal(SESSION_PURPOSE, sealed) if isinstance(sealed, str) else None
+    if not (isinstance(previous, dict) and previous.get("sub") == claims["sub"] and previous.get("ns") == provider.namespace):
+        # another identity (or the first one) in this session: a server-side session gets a new
+        # id, so one planted in this browser beforehand is not the one it is signed in with
+        if sealed is not None:
+            _retire(state, sealed)
+        regenerate_session_id()
     session[state.session_key] = state.sealer.seal(
         SESSION_PURPOSE, {"tok": cts.access_token, "exp": cts.expiry, "sub": claims["sub"], "ns": provider.namespace, "b": binding}
     )
@@ -308,6 +315,50 @@ def _authenticate() -> None:
 
 
 _SESSION_MEMO_SIZE = 1024
+
+
+def regenerate_session_id() -> None:
+    """Give a server-side session (Flask-Session) a new id, keeping its contents; a cookie
+    session has no id to fix."""
+    regenerate = getattr(current_app.session_interface, "regenerate", None)
+    if callable(regenerate):
+        regenerate(session)
+
+
+def end_session() -> None:
+    """Sign-out, for the CTS token: revoke it where the token service can (OpenBao), drop the
+    data keys the key service cached for it, remove it from the session, and give a server-side
+    session a new id. Call it in a sign-out view before clearing the session; the providers'
+    sign-out routes do. A no-op outside a request or without LockKit."""
+    if not has_request_context():
+        return
+    state = current_app.extensions.get("lockkit")
+    if state is None:
+        return
+    sealed = session.pop(state.session_key, None)
+    if sealed is not None:
+        _retire(state, sealed)
+        signals.cts_token_removed.send(current_app._get_current_object(), reason="signed-out")  # type: ignore[attr-defined]
+    regenerate_session_id()
+
+
+def _retire(state: LockKitState, sealed: Any) -> None:
+    """A CTS token leaving the session: the key service forgets what it cached for it, and the
+    token service revokes it where it can (OpenBao tokens). Best effort: sign-out goes on."""
+    stored = state.sealer.unseal(SESSION_PURPOSE, sealed) if isinstance(sealed, str) else None
+    if not isinstance(stored, dict) or not isinstance(stored.get("tok"), str) or not isinstance(stored.get("exp"), int):
+        return
+    try:
+        cts = CtsToken(stored["tok"], stored["exp"])
+    except CtsTokenError:
+        return
+    for service, method in ((state.key_service, "forget"), (state.token_service, "revoke")):
+        fn = getattr(service, method, None)
+        if callable(fn):
+            try:
+                fn(cts)
+            except Exception as err:  # noqa: BLE001 - never let clean-up break a sign-out
+                log.warning("could not %s the session's CTS token: %s", method, type(err).__name__)
 
 
 def _still_accepted(state: LockKitState, cts: CtsToken, now: float) -> bool:

@@ -156,6 +156,9 @@ def _blueprint() -> Blueprint:
         expected = session.get(CSRF_KEY)
         if not expected or not secrets.compare_digest(str(expected), request.form.get("csrf", "")):
             abort(400, "sign-out form expired; reload the page")
+        from lockkit.flask import end_session
+
+        end_session()  # revoke/forget the CTS token, a new server-side session id
         session.clear()
         return redirect(safe_next(request.form.get("next")))
 

@@ -656,9 +656,12 @@ class OIDCProvider(IdentityProvider):
     def logout_response(self, next_url: str) -> BaseResponse | None:
         """Revoke the refresh token (RFC 7009, when the IdP has a revocation endpoint), clear
         the session, and send the browser to the IdP to end its session there too."""
+        from lockkit.flask import end_session
+
         stored = self._load()
         if stored and isinstance(stored.get("rt"), str):
             self.revoke_refresh_token(stored["rt"])
+        end_session()  # the CTS token too; a new server-side session id
         session.clear()
         target = self.end_session_url(stored["id"] if stored else None, self.post_logout_redirect_uri(next_url))
         return redirect(target or safe_next(next_url))
