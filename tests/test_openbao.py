@@ -188,6 +188,63 @@ def test_app_service_token_cannot_get_plaintext_or_change_config(
     assert bao_call(bao.addr, bao.root_token, "GET", f"transit/keys/{bob_key}").status_code == 404
 
 
+def test_one_foreign_value_in_a_batch_costs_no_extra_calls(backend: str, client: Encryption, idp: LocalIssuer) -> None:
+    """OpenBao answers a batch holding one value it cannot open with 400, but with a result per
+    item: those are used, not one call per item (anyone who can store one bad value would
+    otherwise multiply the load by the batch size)."""
+    alice, bob = login(client, idp, "alice"), login(client, idp, "bob")
+    mine = client.bulk_encrypt([f"note {i}" for i in range(120)], column="body", table=notes).with_lock_context(alice).unwrap()
+    foreign = client.encrypt("bob's", column="body", table=notes).with_lock_context(bob).unwrap()
+    payloads = [r.unwrap() for r in mine]
+    payloads.insert(60, foreign)
+    ks = client.key_service
+    assert isinstance(ks, OpenBaoKeyService)
+    ks.forget(alice.cts_token)  # type: ignore[arg-type]  # nothing cached: every data key is unwrapped
+    calls = ks.transit_calls
+    got = client.bulk_decrypt(payloads).with_lock_context(alice).unwrap()
+    assert ks.transit_calls - calls <= 2  # the batch (and nothing per item)
+    assert [r.failure is not None for r in got].count(True) == 1 and got[60].failure is not None
+    assert [r.unwrap() for i, r in enumerate(got) if i != 60] == [f"note {i}" for i in range(120)]
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_a_login_is_never_sent_twice(backend: str, bao: Any, bao_config: OpenBaoConfig, idp: LocalIssuer,
+                                     status: int) -> None:
+    """A login creates a token each time: after a 5xx (which may come after OpenBao issued one)
+    it is not retried, and the answer is 'unavailable', never a second live token."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from dataclasses import replace
+
+        from lockkit.cts import CtsUnavailableError
+
+        config = replace(bao_config, addr=f"http://127.0.0.1:{server.server_port}", retries=3, backoff=0.0)
+        ts = OpenBaoTokenService(config, [OIDCVerifier(idp.issuer_config())])
+        with pytest.raises(CtsUnavailableError):
+            ts.authorize(idp.mint("carol"))
+        assert len(seen) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_batches_are_chunked_to_the_server_limit(backend: str, bao_config: OpenBaoConfig, idp: LocalIssuer) -> None:
     config = OpenBaoConfig(addr=bao_config.addr, max_batch=7)
     ks = OpenBaoKeyService(config, WORKSPACE)

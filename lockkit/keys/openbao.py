@@ -86,10 +86,12 @@ def subject_of(config: OpenBaoConfig, key: str) -> str | None:
 
 
 class BaoError(Exception):
-    def __init__(self, status: int, errors: list[str]) -> None:
+    def __init__(self, status: int, errors: list[str], doc: dict[str, Any] | None = None) -> None:
         super().__init__(f"OpenBao {status}: {'; '.join(errors)[:300]}")
         self.status = status
         self.errors = errors
+        #: the response's JSON body (a batch call answers 400 with per-item results in it)
+        self.doc = doc
 
 
 class BaoUnavailable(Exception):
@@ -113,7 +115,11 @@ class OpenBaoHTTP:
         self._sleep = sleep
         self.requests = 0
 
-    def call(self, method: str, path: str, *, token: str | None = None, body: Any = None) -> dict[str, Any]:
+    def call(self, method: str, path: str, *, token: str | None = None, body: Any = None,
+             idempotent: bool = True) -> dict[str, Any]:
+        """One API call. Retried (with backoff, honouring ``Retry-After``) on connection errors,
+        5xx, 429 and 307; a call that is not ``idempotent`` (a login: each one creates a token)
+        only when the connection was never made."""
         url = f"{self.config.addr.rstrip('/')}/v1/{path}"
         headers = {"X-Vault-Token": token} if token else {}
         delay = self.config.backoff
@@ -127,13 +133,18 @@ class OpenBaoHTTP:
                 resp = self._session.request(method, url, json=body, headers=headers,
                                              timeout=self.config.timeout, allow_redirects=False)
             except requests.RequestException as err:
+                if not idempotent and not _never_sent(err):
+                    raise BaoUnavailable(f"OpenBao at {self.config.addr} did not answer ({type(err).__name__})") from err
                 last = err
                 continue
             if resp.status_code >= 500 or resp.status_code in (307, 429):
                 last = BaoError(resp.status_code, _errors(resp))
+                if not idempotent:
+                    raise BaoUnavailable(f"OpenBao at {self.config.addr} answered {resp.status_code}") from last
+                delay = max(delay, _retry_after(resp))
                 continue
             if resp.status_code >= 400:
-                raise BaoError(resp.status_code, _errors(resp))
+                raise BaoError(resp.status_code, _errors(resp), _json_body(resp))
             if resp.status_code == 204 or not resp.content:
                 return {}
             try:
@@ -142,6 +153,30 @@ class OpenBaoHTTP:
                 raise BaoError(resp.status_code, ["response is not JSON"]) from err
             return doc if isinstance(doc, dict) else {}
         raise BaoUnavailable(f"OpenBao at {self.config.addr} is unreachable ({type(last).__name__}: {str(last)[:200]})")
+
+
+def _never_sent(err: requests.RequestException) -> bool:
+    """True when the request surely never reached the server (refused, or no connection in
+    time): safe to send again even if it is not idempotent."""
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return True
+    return isinstance(err, requests.exceptions.ConnectionError) and "NewConnectionError" in repr(err)
+
+
+def _retry_after(resp: requests.Response) -> float:
+    """``Retry-After`` in seconds (capped at 5), or 0."""
+    try:
+        return min(max(float(resp.headers.get("Retry-After", "0")), 0.0), 5.0)
+    except ValueError:
+        return 0.0
+
+
+def _json_body(resp: requests.Response) -> dict[str, Any] | None:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _errors(resp: requests.Response) -> list[str]:
@@ -207,7 +242,7 @@ class OpenBaoTokenService:
         key = key_name(self.config, sub)
         path = f"auth/{self.config.auth_mount}/{'cel/login' if self.config.login == 'cel' else 'login'}"
         try:
-            doc = self.http.call("POST", path, body={"role": self.config.role, "jwt": idp_jwt})
+            doc = self.http.call("POST", path, body={"role": self.config.role, "jwt": idp_jwt}, idempotent=False)
         except BaoUnavailable as err:
             raise CtsUnavailableError(f"CTS unavailable: {err}") from err
         except BaoError as err:
@@ -401,14 +436,18 @@ class OpenBaoKeyService:
                 doc = self.http.call("POST", self._transit("decrypt", key), token=bao,
                                      body={"batch_input": [{"ciphertext": w} for w in chunk]})
             except BaoError as err:
-                if err.status == 400 and len(chunk) == 1:
+                per_item = ((err.doc or {}).get("data") or {}).get("batch_results") if err.status == 400 else None
+                if isinstance(per_item, list) and len(per_item) == len(chunk):
+                    doc = err.doc or {}  # a bad item: OpenBao still answered every item (read them below)
+                elif err.status == 400 and len(chunk) == 1:
                     out[chunk[0]] = DecryptionError("this value is locked to another identity (its data key does not open with this identity's OpenBao key)")
                     continue
-                if err.status == 400:  # a bad item fails the whole call: retry one by one
+                elif err.status == 400:  # no per-item answer: one by one
                     for w in chunk:
                         out.update(self._unwrap(bao, key, token_id, {w}, token_expiry, now))
                     continue
-                raise
+                else:
+                    raise
             results = (doc.get("data") or {}).get("batch_results") or []
             for w, r in zip(chunk, results):
                 try:
