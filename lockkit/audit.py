@@ -465,22 +465,31 @@ class AuditLog:
         return Verification(True, seq)
 
     def events(self) -> Iterator[tuple[int, AuditEvent]]:
-        """``(seq, event)`` for every entry in the file (no MAC or chain check: call
-        :meth:`verify` for that; ``lockkit audit show`` does and warns).
+        """``(seq, event)`` for every committed entry (no MAC or chain check: call
+        :meth:`verify` for that; ``lockkit audit show`` does and warns). Bytes past the size the
+        head commits (a write that was interrupted, or is in progress) are not read.
 
         :raises AuditError: a line is damaged (not an entry).
         """
+        try:  # the head first: entries appended after it was read are not committed yet
+            committed: int | None = self._read_head()[2]
+        except AuditError:
+            committed = None  # no readable head: read everything (verify says what is wrong)
         try:
-            fh = open(self.path, encoding="utf-8", errors="replace")
+            fh = open(self.path, "rb")
         except FileNotFoundError:
             return
         with fh:
-            for n, line in enumerate(fh, start=1):
-                try:
-                    entry = json.loads(line)
-                    yield entry["seq"], AuditEvent.from_dict(entry["event"])
-                except (ValueError, KeyError, TypeError) as err:
-                    raise AuditError(f"audit log {self.path}: line {n} is damaged; run `lockkit audit verify`") from err
+            data = fh.read() if committed is None else fh.read(committed)
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for n, raw in enumerate(lines, start=1):
+            try:
+                entry = json.loads(raw.decode("utf-8", errors="replace"))
+                yield entry["seq"], AuditEvent.from_dict(entry["event"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise AuditError(f"audit log {self.path}: line {n} is damaged; run `lockkit audit verify`") from err
 
     def query(
         self,
@@ -517,12 +526,20 @@ class AuditLog:
         return out
 
     def who_accessed(self, table: str, record: str) -> list[AuditEvent]:
-        """Who decrypted ``record`` of ``table``, and when (granted decrypts only)."""
-        return self.query(table=table, record=str(record), operation="decrypt", outcome="granted")
+        """Who decrypted ``record`` of ``table``, and when (granted decrypts only; a grant the
+        log later marks ``aborted``, its key release refused after all, is left out)."""
+        found = self.query(table=table, record=str(record), operation="decrypt")
+        aborted = {_same_release(ev) for ev in found if ev.outcome == "aborted"}
+        return [ev for ev in found if ev.outcome == "granted" and _same_release(ev) not in aborted]
 
     def accessed_by(self, subject: str) -> list[AuditEvent]:
         """Everything ``subject`` did (grants and denials)."""
         return self.query(subject=subject)
+
+
+def _same_release(ev: AuditEvent) -> tuple[Any, ...]:
+    """What a grant and the ``aborted`` event written for it have in common."""
+    return (ev.time, ev.subject, ev.namespace, ev.workspace, ev.keyset, ev.table, ev.column, ev.operation, ev.count, ev.records)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -525,6 +525,32 @@ def test_an_interrupted_sink_leaves_no_standing_grant(
     assert log.verify().ok
 
 
+def test_who_accessed_leaves_out_grants_that_were_refused_after_all(
+    backend: str, make_client: Callable[..., Encryption], log: AuditLog, ident: Callable[[str], LockContext]
+) -> None:
+    alice = ident("alice")
+    p = make_client(log).encrypt("secret text", column="body", table="notes").with_lock_context(alice).unwrap()
+    refused = make_client(log, BrokenSink()).decrypt(p).audit(records=[42]).with_lock_context(alice).result()
+    assert refused.failure is not None  # the log said granted, then aborted
+    assert [e.outcome for e in log.query(record="42")] == ["granted", "aborted"]
+    assert log.who_accessed("notes", "42") == []
+    assert make_client(log).decrypt(p).audit(records=[42]).with_lock_context(alice).unwrap() == "secret text"
+    assert [e.subject for e in log.who_accessed("notes", "42")] == ["alice"]
+
+
+def test_queries_read_only_committed_entries(ten: AuditLog) -> None:
+    """Bytes past the committed end (a writer killed mid-write, or one still writing) are not
+    reported as events, even when they look like entries."""
+    lines = _lines(ten)
+    forged = json.loads(lines[-1])
+    forged["seq"] += 1
+    forged["event"]["subject"] = "eve"
+    with open(ten.path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(forged, sort_keys=True, separators=(",", ":")) + "\n")
+    assert [s for s, _ in ten.events()] == list(range(1, 11))
+    assert ten.accessed_by("eve") == []
+
+
 def test_fail_open_auditor_logs_the_error_and_continues(
     backend: str, make_client: Callable[..., Encryption], ident: Callable[[str], LockContext],
     caplog: pytest.LogCaptureFixture,
