@@ -64,7 +64,7 @@ def identity_provider_classes(pm: pluggy.PluginManager) -> dict[str, type[Any]]:
             raise ClientInitError(f"two identity providers are named {name!r}: {found[name]!r} and {cls!r}")
         found[name] = cls
 
-    pm.hook.register_identity_providers(register=register)
+    _call(pm.hook.register_identity_providers, register, "register_identity_providers")
     return found
 
 
@@ -80,5 +80,15 @@ def audit_sinks(pm: pluggy.PluginManager) -> list[Any]:
             raise ClientInitError(f"audit sink {sink!r} has no write(events) method")
         found.append(sink)
 
-    pm.hook.register_audit_sinks(register=register)
+    _call(pm.hook.register_audit_sinks, register, "register_audit_sinks")
     return found
+
+
+def _call(hook: Any, register: Any, name: str) -> None:
+    """Run a registration hook; a plugin that fails makes a start-up error naming the hook."""
+    try:
+        hook(register=register)
+    except ClientInitError:
+        raise
+    except Exception as err:  # a broken plugin: refuse to start, clearly
+        raise ClientInitError(f"a plugin failed in {name} ({type(err).__name__}: {str(err)[:200]})") from err

@@ -155,6 +155,23 @@ def test_a_broken_plugin_fails_loudly(installed_plugin: Path) -> None:
         make_plugin_manager()
 
 
+@pytest.mark.parametrize("hook", ["register_identity_providers", "register_audit_sinks"])
+def test_a_plugin_failing_in_a_hook_is_a_start_up_error(hook: str) -> None:
+    from lockkit.plugins import audit_sinks
+
+    class Broken:
+        pass
+
+    def fail(self: object, register: object) -> None:
+        raise KeyError("oops")
+
+    setattr(Broken, hook, hookimpl(fail))
+    pm = make_plugin_manager(load_entrypoints=False, plugins=[Broken()])
+    run = identity_provider_classes if hook == "register_identity_providers" else audit_sinks
+    with pytest.raises(ClientInitError, match=f"a plugin failed in {hook} \\(KeyError"):
+        run(pm)
+
+
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "lockkit_spec")]
 
 
