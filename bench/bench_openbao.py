@@ -229,10 +229,11 @@ class CountingHTTP(OpenBaoHTTP):
         super().__init__(config)
         self.seconds = 0.0
 
-    def call(self, method: str, path: str, *, token: str | None = None, body: Any = None) -> dict[str, Any]:
+    def call(self, method: str, path: str, *, token: str | None = None, body: Any = None,
+             idempotent: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            return super().call(method, path, token=token, body=body)
+            return super().call(method, path, token=token, body=body, idempotent=idempotent)
         finally:
             self.seconds += time.perf_counter() - t0
 
