@@ -182,14 +182,15 @@ def rekey_local(
     records: Sequence[object] = (),
 ) -> list[Payload | str | None]:
     """Re-encrypt ``payloads`` (dicts, or JSON text: given back as text) under the key the
-    client's key service encrypts with now (the keyring's primary). Locked payloads need the owner's ``lock_context`` (the claims they are
-    locked to); payloads without ``lc`` are re-encrypted without one, as they were. One bulk
-    decrypt and one bulk encrypt per table (locked and unlocked values separately); typed
-    values, ``i``, ``ks``, ``lc``, ``hm`` and ``bf`` are preserved exactly. ``None`` stays None.
+    client's key service encrypts with now (the keyring's primary). Locked payloads need the
+    owner's ``lock_context`` (the claims they are locked to); payloads without ``lc`` are
+    re-encrypted without one, as they were. One bulk decrypt and one bulk encrypt per table
+    (locked and unlocked values separately); typed values, ``i``, ``ks``, ``lc`` and ``hm`` are
+    preserved exactly, and ``bf`` is written by the current tokenizer. ``None`` stays None.
     Key releases are audited with ``records`` and ``actor="rekey"``.
 
     All or nothing: any payload that does not open, or would come out different in anything
-    but its ciphertext and key id, fails the whole batch.
+    but its ciphertext, key id and match filter, fails the whole batch.
 
     :raises DecryptionError | LockContextError | EncryptionError: a payload did not open (the
         message says why), the lock context is missing or expired, or encryption failed.
@@ -245,9 +246,11 @@ def _where(p: Mapping[str, Any]) -> str:
 
 
 def _check_same_header(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """A rekeyed payload differs only in ``kid`` and ``c``: search terms, lock claims, table,
-    column and keyset are what queries and access rely on."""
-    for field in ("v", "k", "i", "ks", "lc", "hm", "bf"):
+    """A rekeyed payload differs only in ``kid`` and ``c`` (and ``bf``): lock claims, table,
+    column, keyset and the equality term are what queries and access rely on. The match filter
+    is recomputed by the current tokenizer (a lockkit that splits words better writes a better
+    filter); it comes from the same index key, which the equality term and decryption prove."""
+    for field in ("v", "k", "i", "ks", "lc", "hm"):
         if old.get(field) != new.get(field):
             raise RekeyError(
                 f"rekey: {_where(old)} would change its {field!r} field (search terms must not depend on "

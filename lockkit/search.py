@@ -71,30 +71,46 @@ class TermHasher:
 
     def match(self, text: str, opts: MatchIndex) -> list[int]:
         """The sorted bits of ``text``'s n-grams (the same set :func:`ngrams` yields)."""
-        # ASCII is NFKC-invariant and its casefold is lower(): skip the normalisation for it
-        norm = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
         bits: set[int] = set()
-        for word in _WORD_RE.findall(norm):
+        for word in words(text):
             bits |= self._word_bits(word, opts)
         return sorted(bits)
 
 
 def normalise(text: str) -> str:
-    """Text as free-text match indexes see it: NFKC-normalised and case-folded (so "Café" typed
-    decomposed, "ＣＡＦÉ" and "café" are one word). Re-check decrypted candidates on this form."""
-    return text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
+    """Text as free-text match indexes see it: NFKC-normalised and case-folded, then NFKC again
+    (case folding can decompose: "İ" becomes "i" + a combining dot), so "Café" typed decomposed,
+    "ＣＡＦÉ" and "café" are one word. Re-check decrypted candidates on this form."""
+    if text.isascii():  # NFKC-invariant, and its casefold is lower()
+        return text.lower()
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def words(text: str) -> list[str]:
     """The words a match index cuts into n-grams: runs of word characters of :func:`normalise`'s
-    form (punctuation separates words: "finance!" is "finance")."""
-    return _WORD_RE.findall(normalise(text))
+    form, combining marks included (a Devanagari vowel sign or a Thai vowel mark is part of its
+    word, not a break in it); punctuation separates words: "finance!" is "finance"."""
+    norm = normalise(text)
+    if norm.isascii():
+        return _WORD_RE.findall(norm)
+    out: list[str] = []
+    start = -1
+    for i, c in enumerate(norm):
+        if c.isalnum() or c == "_" or unicodedata.category(c)[0] == "M":
+            if start < 0:
+                start = i
+        elif start >= 0:
+            out.append(norm[start:i])
+            start = -1
+    if start >= 0:
+        out.append(norm[start:])
+    return out
 
 
 def ngrams(text: str, n: int) -> Iterable[str]:
     """Lower-cased, NFKC-normalised words, cut into ``n``-grams (shorter words whole)."""
     seen: set[str] = set()
-    for word in _WORD_RE.findall(unicodedata.normalize("NFKC", text).casefold()):
+    for word in words(text):
         grams = [word] if len(word) <= n else [word[i : i + n] for i in range(len(word) - n + 1)]
         for g in grams:
             if g not in seen:

@@ -23,7 +23,7 @@ import requests
 from click.testing import CliRunner
 from flask import Flask
 
-from lockkit import ConfigurationError, Encryption, LockContext
+from lockkit import ConfigurationError, Encryption, LockContext, matches
 from lockkit.audit import AuditLog, audit_key
 from lockkit.errors import DecryptionError
 from lockkit.flask import get_state
@@ -359,6 +359,21 @@ def test_rekey_local_keeps_types_terms_and_locks(client: Encryption, keyring: Ke
     # locked payloads without a lock context: refused
     with pytest.raises(Exception, match="locked to an identity"):
         rekey_local(client, old[:1], None)
+
+
+@pytest.mark.backends("local")
+def test_rekey_rewrites_a_match_filter_from_an_older_tokenizer(client: Encryption, keyring: Keyring,
+                                                               users: EncryptedTable, alice: LockContext) -> None:
+    """A match filter written by an older lockkit (words split differently) is no reason to
+    refuse a rekey: the new payload gets the filter the current tokenizer computes, and the
+    equality term is kept exactly."""
+    p = client.encrypt("नमस्ते İstanbul", column="email", table=users).with_lock_context(alice).unwrap()
+    old = {**p, "bf": sorted(set(p["bf"]) ^ {0, 1, 2})}  # as a different tokenizer would have set it
+    keyring.rotate()
+    [new] = rekey_local(client, [old], alice)
+    assert new is not None and new["kid"] == "2" and new["hm"] == p["hm"] and new["bf"] == p["bf"]
+    term = client.encrypt_query("मस्ते", column="email", table=users, query_type="match").with_lock_context(alice).unwrap()
+    assert matches(term, new)
 
 
 @pytest.mark.backends("local")
