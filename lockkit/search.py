@@ -51,6 +51,8 @@ class TermHasher:
             got = tuple(
                 int.from_bytes(d[2 * i : 2 * i + 2], "big") % opts.filter_size for i in range(opts.hash_count)
             )
+            if len(self._grams) >= 65536:  # bounded, like the word memo (a huge batch of varied text)
+                self._grams.clear()
             self._grams[key] = got
         return got
 
