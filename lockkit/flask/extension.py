@@ -266,6 +266,7 @@ def _authenticate() -> None:
     memo_key = (sealed, token, provider.namespace) if isinstance(sealed, str) else None
     known = state.session_memo.get(memo_key) if memo_key is not None else None
     binding: str | None = None
+    stored: Any = None  # the session's sealed value, once unsealed
     if known is not None:
         if known.expiry - state.refresh_window > now:
             ns.cts = known
@@ -300,7 +301,7 @@ def _authenticate() -> None:
         ns.unavailable, ns.reason = True, "unavailable"
         log.error("token service refused a verified identity (configuration?): %s", err.message)
         return
-    previous = state.sealer.unseal(SESSION_PURPOSE, sealed) if isinstance(sealed, str) else None
+    previous = stored if stored is not None or not isinstance(sealed, str) else state.sealer.unseal(SESSION_PURPOSE, sealed)
     if not (isinstance(previous, dict) and previous.get("sub") == claims["sub"] and previous.get("ns") == provider.namespace):
         # another identity (or the first one) in this session: a server-side session gets a new
         # id, so one planted in this browser beforehand is not the one it is signed in with
