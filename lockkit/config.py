@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
-from .oidc import LOOPBACK_HOSTS, IssuerConfig
+from .oidc import IssuerConfig, protected_url
 
 DEFAULT_CONFIG_FILE = "lockkit.toml"
 DEFAULT_KEYRING_PATH = ".lockkit/keyring.json"
@@ -182,7 +182,7 @@ class OpenBaoConfig:
             raise ConfigurationError("LOCKKIT_OPENBAO_ADDR is not a valid URL") from err
         if parts.scheme not in ("http", "https") or not host:
             raise ConfigurationError("set LOCKKIT_OPENBAO_ADDR to the server's URL, e.g. https://bao.example:8200")
-        if parts.scheme == "http" and host not in LOOPBACK_HOSTS and not self.insecure_http:
+        if not protected_url(self.addr) and not self.insecure_http:  # plain http to another host
             raise ConfigurationError(
                 f"LOCKKIT_OPENBAO_ADDR {self.addr!r} is plain http to another host: identity tokens and data "
                 "keys would cross the network unencrypted. Use https (ca_cert for a private CA), or set "

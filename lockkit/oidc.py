@@ -31,7 +31,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import urlsplit
@@ -83,9 +84,8 @@ MAX_JWKS_BYTES: Final = 1 << 20
 # Headers that make the token name its own key or extensions: never honoured.
 _FORBIDDEN_HEADERS: Final = ("crit", "jku", "x5u", "jwk", "x5c", "b64")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-#: hosts plain http is allowed to (nothing else is; see direct_session for proxies)
-LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
-_LOOPBACK_HOSTS = LOOPBACK_HOSTS
+#: hosts plain http is allowed to (nothing else is; see http_client for proxies)
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _EC_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
     "ES256": ec.SECP256R1,
     "ES384": ec.SECP384R1,
@@ -285,17 +285,23 @@ _MAPPING_KEYS: Final = frozenset(
 )
 
 
+def protected_url(url: object) -> bool:
+    """Whether ``url`` may carry tokens, keys or secrets: https to a host, or plain http to
+    loopback only (lockkit's rule for every URL it sends such things to)."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and host in _LOOPBACK_HOSTS))
+
+
 def _check_jwks_uri(uri: object, issuer: str) -> None:
     if not isinstance(uri, str):
         raise ConfigurationError(f"jwks_uri for issuer {issuer!r} must be a string")
-    try:
-        parts = urlsplit(uri)
-        host = parts.hostname
-    except ValueError as err:
-        raise ConfigurationError(f"jwks_uri for issuer {issuer!r} is not a valid URL") from err
-    if parts.scheme == "https" and host:
-        return
-    if parts.scheme == "http" and host in _LOOPBACK_HOSTS:
+    if protected_url(uri):
         return
     raise ConfigurationError(
         f"set jwks_uri for issuer {issuer!r} to an https:// URL (plain http only on loopback)"
@@ -528,6 +534,19 @@ def direct_session() -> requests.Session:
     return session
 
 
+@contextmanager
+def http_client(url: str, session: requests.Session | None) -> Iterator[Any]:
+    """What to send a request for ``url`` with: the caller's ``session`` if any, else for a
+    plain-HTTP URL a :func:`direct_session` (closed afterwards), else ``requests`` itself."""
+    if session is not None:
+        yield session
+    elif url.startswith("http://"):
+        with direct_session() as direct:
+            yield direct
+    else:
+        yield requests
+
+
 def fetch_jwks_document(
     uri: str, *, session: requests.Session | None, timeout: float, limit: int = MAX_JWKS_BYTES
 ) -> bytes:
@@ -536,12 +555,9 @@ def fetch_jwks_document(
     :raises requests.RequestException: the request failed.
     :raises ValueError: not HTTP 200, or the body is too large.
     """
-    if session is None and uri.startswith("http://"):
-        with direct_session() as direct:
-            return fetch_jwks_document(uri, session=direct, timeout=timeout, limit=limit)
-    get = session.get if session is not None else requests.get
-    response = get(uri, timeout=timeout, headers={"Accept": "application/json"}, allow_redirects=False, stream=True)
-    with response:
+    with http_client(uri, session) as http, http.get(
+        uri, timeout=timeout, headers={"Accept": "application/json"}, allow_redirects=False, stream=True
+    ) as response:
         if response.status_code != 200:
             raise ValueError(f"JWKS answered HTTP {response.status_code}")
         body = bytearray()

@@ -50,7 +50,7 @@ from jwt.algorithms import OKPAlgorithm
 from ..config import parse_crn
 from ..errors import ConfigurationError, CtsTokenError, LockContextError
 from ..identity import CtsToken
-from ..oidc import Claims, RefreshSchedule, direct_session, fetch_jwks_document, strict_json_loads
+from ..oidc import Claims, RefreshSchedule, fetch_jwks_document, http_client, protected_url, strict_json_loads
 from .embedded import CTS_ALGORITHM, MAX_CTS_TOKEN_BYTES, CtsUnavailableError, CtsVerifier
 
 __all__ = [
@@ -66,7 +66,6 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024
 MAX_REASON_CHARS: Final = 300
 UNREACHABLE_MESSAGE: Final = "The key service cannot verify CTS tokens: token service unreachable"
 
-_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 # Transport failures that are safe to retry: the request may not have been processed, and
 # an exchange has no side effect beyond minting a token nobody received.
 _RETRYABLE: Final = (
@@ -85,12 +84,11 @@ def _check_url(url: object, what: str) -> str:
         raise ConfigurationError(f"{what} must be a string")
     try:
         parts = urlsplit(url)
-        host = parts.hostname
     except ValueError as err:
         raise ConfigurationError(f"{what} {url!r} is not a valid URL") from err
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(f"{what} must not carry credentials, a query or a fragment")
-    if (parts.scheme == "https" and host) or (parts.scheme == "http" and host in _LOOPBACK_HOSTS):
+    if protected_url(url):
         return url.rstrip("/")
     raise ConfigurationError(f"set {what} to an https:// URL (plain http only on loopback)")
 
@@ -252,21 +250,10 @@ class RemoteTokenService:
         ) from last_error
 
     def _post(self, body: dict[str, str]) -> tuple[int, bytes]:
-        if self._session is None and self.url.startswith("http://"):  # loopback: never via a proxy
-            with direct_session() as direct:
-                return self._send(direct.post, body)
-        return self._send(self._session.post if self._session is not None else requests.post, body)
-
-    def _send(self, post: Any, body: dict[str, str]) -> tuple[int, bytes]:
-        response = post(
-            self.url,
-            json=body,
-            timeout=self.timeout,
-            headers={"Accept": "application/json"},
-            allow_redirects=False,
-            stream=True,
-        )
-        with response:
+        with http_client(self.url, self._session) as http, http.post(  # loopback http: never via a proxy
+            self.url, json=body, timeout=self.timeout, headers={"Accept": "application/json"},
+            allow_redirects=False, stream=True,
+        ) as response:
             return response.status_code, _read_limited(response, MAX_RESPONSE_BYTES)
 
     @staticmethod

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import OpenBaoConfig
-from ..oidc import LOOPBACK_HOSTS
+from ..oidc import protected_url
 from .openbao import MIN_TOKEN_SECONDS, BaoError, OpenBaoHTTP
 
 USER_POLICY = "lockkit-user-cel"  # for the default mount, jwt-cel
@@ -120,10 +120,9 @@ def setup(
         # 0 or less would not cap anything: OpenBao reads 0 as "the system default" (32 days)
         raise ValueError(f"max_ttl must be from {MIN_TOKEN_SECONDS} to 86400 seconds")
     jwks = urlsplit(jwks_url)
-    if not (jwks.scheme == "https" and jwks.hostname) and not (jwks.scheme == "http" and jwks.hostname in LOOPBACK_HOSTS):
-        # OpenBao would trust identity keys fetched in the clear: anyone on the path could sign in as anyone
-        if not (jwks.scheme == "http" and jwks.hostname and config.insecure_http):
-            raise ValueError(f"the JWKS URL {jwks_url!r} must be https (plain http only on loopback)")
+    # OpenBao would trust identity keys fetched in the clear: anyone on the path could sign in as anyone
+    if not protected_url(jwks_url) and not (jwks.scheme == "http" and jwks.hostname and config.insecure_http):
+        raise ValueError(f"the JWKS URL {jwks_url!r} must be https (plain http only on loopback)")
     http = http or OpenBaoHTTP(config)
     done: list[str] = []
 

@@ -48,7 +48,7 @@ from lockkit import (
     hookimpl,
 )
 from lockkit.config import flag
-from lockkit.oidc import LOOPBACK_HOSTS, Claims, IssuerConfig, OIDCVerifier
+from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, protected_url
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 __all__ = [
@@ -322,10 +322,7 @@ class ClerkProvider(IdentityProvider):
         else:
             assert secret_key is not None
             base = api_url.strip().rstrip("/") if isinstance(api_url, str) else ""
-            parts = urlsplit(base)
-            if not base or not parts.hostname or not (
-                parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
-            ):  # the secret key goes there with every JWKS fetch
+            if not protected_url(base):  # the secret key goes there with every JWKS fetch
                 raise ConfigurationError(
                     "CLERK_API_URL must be the Backend API URL over https (plain http only on loopback), "
                     "e.g. https://api.clerk.com"

@@ -59,7 +59,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from lockkit import ConfigurationError, hookimpl
 from lockkit.errors import IdentityError, InvalidCredentialError, ProviderUnavailableError
-from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, direct_session
+from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, http_client
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 try:  # Authlib >= 1.6 verifies ID tokens with joserfc
@@ -316,12 +316,11 @@ class _Discovery:
     def _fetch(self) -> dict[str, Any]:
         url = self.settings.discovery_url
         self.fetch_count += 1
-        direct = direct_session() if self._http is None and url.startswith("http://") else None  # loopback: no proxy
-        get = self._http.get if self._http is not None else direct.get if direct is not None else requests.get
         try:
-            resp = get(url, timeout=self.settings.http_timeout, allow_redirects=False,
-                       headers={"Accept": "application/json"}, stream=True)
-            with resp:
+            with http_client(url, self._http) as http, http.get(  # loopback http: never via a proxy
+                url, timeout=self.settings.http_timeout, allow_redirects=False,
+                headers={"Accept": "application/json"}, stream=True,
+            ) as resp:
                 if resp.status_code != 200:
                     raise ProviderUnavailableError(
                         "identity provider discovery failed", detail=f"GET {url} answered HTTP {resp.status_code}"
@@ -342,9 +341,6 @@ class _Discovery:
             raise ProviderUnavailableError(
                 "identity provider discovery failed", detail=f"{url} is not JSON: {err}"
             ) from err
-        finally:
-            if direct is not None:
-                direct.close()
         if not isinstance(doc, dict):
             raise ProviderUnavailableError("identity provider discovery failed", detail=f"{url} is not a JSON object")
         return doc
@@ -685,17 +681,13 @@ class OIDCProvider(IdentityProvider):
             auth = (quote(s.client_id, safe=""), quote(s.client_secret, safe=""))
         else:
             data["client_id"] = s.client_id
-        direct = direct_session() if self.discovery._http is None and endpoint.startswith("http://") else None
-        post = self.discovery._http.post if self.discovery._http is not None else direct.post if direct is not None else requests.post
         try:
-            resp = post(endpoint, data=data, auth=auth, timeout=s.http_timeout, allow_redirects=False)
-            resp.close()
+            with http_client(endpoint, self.discovery._http) as http:  # loopback http: never via a proxy
+                resp = http.post(endpoint, data=data, auth=auth, timeout=s.http_timeout, allow_redirects=False)
+                resp.close()
         except requests.RequestException as err:
             log.warning("%s: refresh token not revoked at sign-out: %s", self.name, type(err).__name__)
             return False
-        finally:
-            if direct is not None:
-                direct.close()
         if resp.status_code != 200:
             log.warning("%s: refresh token not revoked at sign-out: HTTP %s", self.name, resp.status_code)
             return False
