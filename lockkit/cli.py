@@ -86,15 +86,34 @@ def _settings() -> Settings:
 
 
 def _write_new(path: Path, text: str) -> None:
-    """Create ``path`` with ``text``; never through a symlink, never over an existing file."""
+    """Create ``path`` with ``text``, durably and whole (a temporary file, fsynced, linked into
+    place, then the directory fsynced): never through a symlink, never over an existing file,
+    and a failure (a full disk) leaves no half-written file behind."""
+    import tempfile
+
+    from .keys.keyring import _fsync_dir
+
+    if path.is_symlink() or path.exists():
+        raise ConfigurationError(f"{path} already exists (a dangling symlink?): not writing through it")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    except OSError as err:
+        raise ConfigurationError(f"cannot create {path}: {err.strerror}") from err
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)  # fails on anything at path, a dangling symlink included
+        _fsync_dir(path.parent)
     except FileExistsError as err:
         raise ConfigurationError(f"{path} already exists (a dangling symlink?): not writing through it") from err
     except OSError as err:
-        raise ConfigurationError(f"cannot create {path}: {err.strerror}") from err
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        raise ConfigurationError(f"cannot write {path} (nothing was written): {err.strerror}") from err
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 @cli.group(help="Inspect and rotate root keys.")

@@ -55,6 +55,26 @@ def test_init_never_writes_through_a_symlink(workdir: Path, capsys: pytest.Captu
     assert not (workdir / ".lockkit").exists()
 
 
+def test_init_on_a_full_disk_leaves_nothing_half_written(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (here: no space at fsync) is a clear error and leaves no empty
+    lockkit.toml behind (which made the next init fail with "no workspace is configured")."""
+    import errno
+
+    real_fsync = os.fsync
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert main(["init", "--workspace-crn", "crn:local:ws-full"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in workdir.iterdir()) == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert main(["init", "--workspace-crn", "crn:local:ws-full"]) == 0
+    assert 'workspace_crn = "crn:local:ws-full"' in (workdir / "lockkit.toml").read_text()
+
+
 def test_init_refuses_a_workspace_the_environment_overrides(workdir: Path, capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The keyring must belong to the workspace the app will run as (the environment wins over

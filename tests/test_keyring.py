@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
 
 from lockkit import ConfigurationError
-from lockkit.keys.keyring import Keyring, load_keyring
+from lockkit.keys import keyring as keyring_module
+from lockkit.keys.keyring import MAX_VERSION, Keyring, load_keyring
 
 CRN = "crn:local:ws-k"
 
@@ -106,6 +109,20 @@ def test_symlink_refused(tmp_path: Path) -> None:
         lambda d: json.dumps({**d, "keys": [d["keys"][0], d["keys"][0]]}),
         lambda d: json.dumps({k: v for k, v in d.items() if k != "workspace_crn"}),
         lambda d: json.dumps([d]),
+        # a version no payload key id can name (they are at most 9 digits): values under it
+        # would encrypt and never decrypt
+        lambda d: json.dumps({**d, "primary": 1_000_000_000, "keys": [{**d["keys"][0], "version": 1_000_000_000}]}),
+        lambda d: json.dumps({**d, "primary": True}),  # would write key id "True"
+        lambda d: json.dumps({**d, "version": True}),
+        # a member given twice: the first one's key material would be dropped by the next save
+        lambda d: json.dumps(d)[:-1] + ', "keys": ' + json.dumps(d["keys"]) + "}",
+        lambda d: json.dumps({**d, "retired": [2]}),  # unknown fields would be dropped by the next save
+        lambda d: json.dumps({**d, "keys": [{**d["keys"][0], "note": "prod"}]}),
+        lambda d: json.dumps({**d, "keys": [{**d["keys"][0], "created": 10**15}]}),
+        lambda d: json.dumps({**d, "keys": [{**d["keys"][0], "created": True}]}),
+        lambda d: json.dumps({**d, "keys": [{**d["keys"][0], "created": 1.5}]}),
+        lambda d: json.dumps(d)[:-1].replace('"created": ', '"created": 1e999, "x": ', 1) + "}",
+        lambda d: "[" * 100_000 + "]" * 100_000,
     ],
 )
 def test_malformed_keyring_is_an_error_never_a_new_key(tmp_path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
@@ -119,6 +136,45 @@ def test_malformed_keyring_is_an_error_never_a_new_key(tmp_path: Path, mutate) -
         Keyring.load(p)
     assert good["keys"][0]["material"] not in str(info.value)
     assert p.read_bytes() == before
+
+
+def test_rotation_stops_at_the_last_version_a_key_id_can_name(tmp_path: Path) -> None:
+    ring = Keyring.generate(CRN)
+    doc = json.loads(ring.to_json())
+    doc["keys"][0]["version"] = doc["primary"] = MAX_VERSION
+    full = Keyring.from_json(json.dumps(doc))
+    with pytest.raises(ConfigurationError, match="beyond"):
+        full.rotate()
+    assert full.primary == MAX_VERSION
+
+
+def test_save_is_durable_and_a_failed_write_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new file's directory is fsynced after the rename (a power cut would otherwise undo a
+    rotation whose key already encrypted stored values); a full disk is a ConfigurationError,
+    leaving the old keyring and no temporary file."""
+    p = tmp_path / "keys" / "keyring.json"
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(keyring_module.os, "fsync", recording_fsync)
+    ring = Keyring.generate(CRN)
+    ring.save(p)
+    assert synced[-1] is True and False in synced  # the file, then its directory
+    before = p.read_bytes()
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keyring_module.os, "fsync", full_disk)
+    ring.rotate()
+    with pytest.raises(ConfigurationError, match="No space left on device"):
+        ring.save(p, overwrite=True)
+    assert p.read_bytes() == before
+    assert sorted(x.name for x in p.parent.iterdir()) == ["keyring.json"]
 
 
 def test_rotation_keeps_old_versions(tmp_path: Path) -> None:

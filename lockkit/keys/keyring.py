@@ -36,6 +36,38 @@ FORMAT = "lockkit-keyring"
 FORMAT_VERSION = 1
 KEY_BYTES = 32
 _SALT = b"lockkit/v1/keyring"
+#: the largest key version: payload key ids are canonical decimals of at most 9 digits, and a
+#: version beyond them would encrypt values that no decrypt accepts
+MAX_VERSION = 999_999_999
+#: ``created`` timestamps from 1970 to the end of year 9999 (what ``keys list`` can show)
+_MAX_CREATED = 253_402_300_799
+_FIELDS = {"format", "version", "workspace_crn", "primary", "keys", "index_key"}
+_ENTRY_FIELDS = {"version", "created", "material"}
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: a member given twice would silently hide the first one's
+    key material (and the next save would drop it for good)."""
+    doc: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in doc:
+            raise ValueError(f"duplicate member {name!r}")
+        doc[name] = value
+    return doc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or link inside ``path`` durable (without it a power cut can undo a
+    rotation whose new key already encrypted stored values)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def canonical(value: Any) -> bytes:
@@ -70,8 +102,10 @@ class Keyring:
         index_key: bytes,
         source: str = "<memory>",
     ) -> None:
-        if not roots or primary not in roots:
+        if not _is_int(primary) or not roots or primary not in roots:
             raise ConfigurationError(f"keyring {source} has no primary key")
+        if any(not _is_int(v) or not 1 <= v <= MAX_VERSION for v in roots):
+            raise ConfigurationError(f"keyring {source}: key versions must be from 1 to {MAX_VERSION}")
         for v, k in list(roots.items()) + [(0, index_key)]:
             if len(k) != KEY_BYTES:
                 raise ConfigurationError(f"keyring {source}: key version {v} is not {KEY_BYTES} bytes")
@@ -96,26 +130,35 @@ class Keyring:
         :raises ConfigurationError: if it is malformed (the message never shows key material).
         """
         try:
-            doc = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigurationError(f"keyring {source} is not valid JSON") from err
+            doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:  # JSONDecodeError is a ValueError
+            why = "has a duplicate member" if "duplicate member" in str(err) else "is not valid JSON"
+            raise ConfigurationError(f"keyring {source} {why}") from err
         try:
-            if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or not (
+                _is_int(doc.get("version")) and doc["version"] == FORMAT_VERSION
+            ):
                 raise ConfigurationError(
                     f"keyring {source} is not a lockkit keyring (format {FORMAT} v{FORMAT_VERSION})"
                 )
+            if set(doc) != _FIELDS:  # an unknown field would be dropped by the next save
+                raise ConfigurationError(f"keyring {source} has missing or unknown fields ({', '.join(sorted(set(doc) ^ _FIELDS))})")
             crn = doc["workspace_crn"]
             roots: dict[int, bytes] = {}
             created: dict[int, int] = {}
             for entry in doc["keys"]:
-                v = entry["version"]
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v in roots:
+                if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
+                    raise ConfigurationError(f"keyring {source} has a key entry with missing or unknown fields")
+                v, ts = entry["version"], entry["created"]
+                if not _is_int(v) or not 1 <= v <= MAX_VERSION or v in roots:
                     raise ConfigurationError(f"keyring {source} has a bad or duplicate key version")
+                if not _is_int(ts) or not 0 <= ts <= _MAX_CREATED:
+                    raise ConfigurationError(f"keyring {source}: key version {v} has a bad created time")
                 roots[v] = base64.b64decode(entry["material"], validate=True)
-                created[v] = int(entry["created"])
+                created[v] = ts
             index_key = base64.b64decode(doc["index_key"], validate=True)
             primary = doc["primary"]
-            if not isinstance(crn, str) or not isinstance(primary, int):
+            if not isinstance(crn, str) or not _is_int(primary):
                 raise ConfigurationError(f"keyring {source} is malformed")
         except ConfigurationError:
             raise
@@ -211,9 +254,13 @@ class Keyring:
         p = Path(path)
         if p.exists() and not overwrite:
             raise ConfigurationError(f"keyring {p} already exists; refusing to overwrite it")
-        if not p.parent.exists():
-            p.parent.mkdir(parents=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".keyring-", dir=p.parent)
+        try:
+            if not p.parent.exists():
+                p.parent.mkdir(parents=True, mode=0o700)
+                _fsync_dir(p.parent.parent)
+            fd, tmp = tempfile.mkstemp(prefix=".keyring-", dir=p.parent)
+        except OSError as err:
+            raise ConfigurationError(f"cannot write keyring {p}: {err.strerror}") from err
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w") as fh:
@@ -225,19 +272,27 @@ class Keyring:
             else:
                 os.link(tmp, p)  # fails if p appeared meanwhile: never clobber a keyring
                 os.unlink(tmp)
+            _fsync_dir(p.parent)  # the new name survives a power cut
         except FileExistsError as err:
             os.unlink(tmp)
             raise ConfigurationError(f"keyring {p} already exists; refusing to overwrite it") from err
-        except BaseException:
+        except BaseException as err:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(err, OSError):  # a full disk, a read-only file system: the old file is intact
+                raise ConfigurationError(f"cannot write keyring {p} (it is unchanged): {err.strerror}") from err
             raise
         self.source = str(p)
 
     # -- lifecycle -----------------------------------------------------------------------
     def rotate(self, *, now: float | None = None) -> int:
-        """Add a new root key version and make it primary; returns its number."""
+        """Add a new root key version and make it primary; returns its number.
+
+        :raises ConfigurationError: the keyring already holds version ``MAX_VERSION``.
+        """
         v = max(self._roots) + 1
+        if v > MAX_VERSION:
+            raise ConfigurationError(f"keyring {self.source} cannot take a key version beyond {MAX_VERSION}")
         self._roots[v] = os.urandom(KEY_BYTES)
         self._created[v] = int(time.time() if now is None else now)
         self._primary = v
