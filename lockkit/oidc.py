@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import requests
+from urllib3.util import parse_url
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -287,15 +288,25 @@ _MAPPING_KEYS: Final = frozenset(
 
 def protected_url(url: object) -> bool:
     """Whether ``url`` may carry tokens, keys or secrets: https to a host, or plain http to
-    loopback only (lockkit's rule for every URL it sends such things to)."""
-    if not isinstance(url, str):
+    loopback only (lockkit's rule for every URL it sends such things to).
+
+    Only URLs every parser reads alike pass: printable ASCII without spaces or backslashes,
+    the scheme written in lower case, no user info, and the host urllib3 (what ``requests``
+    connects to) finds equal to the one checked here (``http://evil\\@127.0.0.1/`` or
+    ``HTTP://127.0.0.1`` would otherwise be judged one way and sent another)."""
+    if not isinstance(url, str) or not url.isascii() or any(c <= " " or c in "\\\x7f" for c in url):
         return False
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:
+        seen = parse_url(url).host
+    except ValueError:  # urllib3's LocationParseError is a ValueError
         return False
-    return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and host in _LOOPBACK_HOSTS))
+    if not host or parts.username is not None or parts.password is not None:
+        return False
+    if not url.startswith(f"{parts.scheme}://") or seen is None or seen.strip("[]").lower() != host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and host in _LOOPBACK_HOSTS)
 
 
 def _check_jwks_uri(uri: object, issuer: str) -> None:
@@ -346,7 +357,11 @@ def _parse_jwk(jwk: object) -> _Key | None:
         return None
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return None
-    if alg is not None and alg not in ALLOWED_ALGORITHMS:
+    # one malformed entry (a list or an object where a string belongs) is skipped, never a
+    # TypeError that would throw away the good keys of the same document
+    if alg is not None and (not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS):
+        return None
+    if not isinstance(jwk.get("kty"), str):
         return None
     if kid is not None and not isinstance(kid, str):
         return None
@@ -503,7 +518,7 @@ class RefreshSchedule:
         try:
             try:
                 result = fetch()
-            except (requests.RequestException, ValueError) as err:
+            except Exception as err:  # noqa: BLE001 - any failure is a failed fetch: recorded, verification fails closed
                 error = err
             done = True
         finally:
@@ -540,7 +555,7 @@ def http_client(url: str, session: requests.Session | None) -> Iterator[Any]:
     plain-HTTP URL a :func:`direct_session` (closed afterwards), else ``requests`` itself."""
     if session is not None:
         yield session
-    elif url.startswith("http://"):
+    elif urlsplit(url).scheme == "http":
         with direct_session() as direct:
             yield direct
     else:
@@ -550,21 +565,51 @@ def http_client(url: str, session: requests.Session | None) -> Iterator[Any]:
 def fetch_jwks_document(
     uri: str, *, session: requests.Session | None, timeout: float, limit: int = MAX_JWKS_BYTES
 ) -> bytes:
-    """GET a JWKS document: a timeout, no redirects, at most ``limit`` bytes.
+    """GET a JWKS document: a timeout, no redirects, at most ``limit`` bytes, and all of it
+    within ``2 * timeout`` seconds (``timeout`` bounds each read only: a server trickling one
+    byte per read would otherwise hold the fetch, and every refresh behind it, for weeks).
 
     :raises requests.RequestException: the request failed.
-    :raises ValueError: not HTTP 200, or the body is too large.
+    :raises ValueError: not HTTP 200, too large, or too slow.
     """
+    deadline = time.monotonic() + 2 * timeout
     with http_client(uri, session) as http, http.get(
         uri, timeout=timeout, headers={"Accept": "application/json"}, allow_redirects=False, stream=True
     ) as response:
         if response.status_code != 200:
             raise ValueError(f"JWKS answered HTTP {response.status_code}")
-        body = bytearray()
-        for chunk in response.iter_content(chunk_size=65536):
-            body += chunk
-            if len(body) > limit:
-                raise ValueError("JWKS document is too large")
+        return read_body(response, limit, deadline, "JWKS document")
+
+
+class BodyTooLarge(ValueError):
+    """A response body over its size limit."""
+
+
+class BodyTooSlow(ValueError):
+    """A response body still arriving at its deadline."""
+
+
+def read_body(response: requests.Response, limit: int, deadline: float, what: str = "response body") -> bytes:
+    """A streamed response's body: at most ``limit`` bytes, all of it by ``deadline``
+    (``time.monotonic()``). Read as it arrives (urllib3's ``read1``), so that a server
+    trickling a byte at a time is cut off at the deadline: a read timeout bounds each read
+    only, and one read of a large chunk waits for the whole chunk.
+
+    :raises BodyTooLarge: over ``limit`` bytes.
+    :raises BodyTooSlow: not complete by ``deadline``.
+    """
+    read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2.3
+    chunks: Iterator[bytes] = (
+        iter(lambda: read1(65536, decode_content=True), b"") if read1 is not None
+        else response.iter_content(chunk_size=65536)
+    )
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"{what} is over {limit} bytes")
+        if time.monotonic() > deadline:
+            raise BodyTooSlow(f"{what} took too long to arrive")
     return bytes(body)
 
 
@@ -646,7 +691,7 @@ class JWKSCache:
         self._schedule.refresh(now, fetch, install, force=force, wait=self.timeout * 2 + 1)
 
     def _fetch(self) -> tuple[_Key, ...]:
-        data = json.loads(fetch_jwks_document(self.uri, session=self._session, timeout=self.timeout))
+        data = strict_json_loads(fetch_jwks_document(self.uri, session=self._session, timeout=self.timeout))
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("JWKS document has no 'keys' list")
         return tuple(key for key in map(_parse_jwk, data["keys"]) if key is not None)
@@ -788,7 +833,11 @@ class OIDCVerifier:
         """
         now = time.time() if now is None else now
         config = self.config
-        digest = hashlib.sha256(token.encode()).digest() if isinstance(token, str) and self._verified_ttl > 0 else None
+        if not isinstance(token, str) or not token.isascii():  # a compact JWS is ASCII (a lone surrogate cannot even be hashed)
+            raise InvalidCredentialError("token is malformed", detail="the token is not an ASCII string")
+        if len(token) > config.max_token_bytes:  # before hashing it
+            raise InvalidCredentialError("token is too large", detail=f"token is over {config.max_token_bytes} bytes")
+        digest = hashlib.sha256(token.encode()).digest() if self._verified_ttl > 0 else None
         if digest is not None:
             with self._verified_lock:
                 hit = self._verified.get(digest)

@@ -783,3 +783,40 @@ def test_serve_runs_the_app_from_settings(
     assert Client(app).post("/api/authorize", json={"workspaceId": WORKSPACE_ID,
                                                      "oidcToken": idp.mint("dan")}).status_code == 200
     assert wide.exit_code == 0 and "TLS" in wide.output and calls[1][:2] == ("0.0.0.0", 8787)
+
+
+def test_a_trickling_cts_answer_is_cut_off_and_counts_as_unreachable(served: Served) -> None:
+    """The timeout bounds each read; a CTS sending its answer a byte every 0.05 s (400 bytes:
+    20 s) is cut off at 2 x timeout per attempt, like a timeout, instead of holding the request."""
+    body = json.dumps({"accessToken": "x" * 300, "expiry": time.time() + 600}).encode()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        for i in range(len(body)):
+            time.sleep(0.05)
+            yield body[i : i + 1]
+
+    service = RemoteTokenService(served(app), WORKSPACE, timeout=0.5, retries=1, backoff=0)
+    started = time.monotonic()
+    with pytest.raises(CtsUnavailableError, match="ReadTimeout after 2 attempts"):
+        service.authorize("a.b.c")
+    assert time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize("odd", ["\ud800", "\u00e9"])
+def test_tokens_that_are_not_ascii_are_refused_with_typed_errors(
+    cts_url: str, idp: LocalIssuer, token_service: EmbeddedTokenService, odd: str
+) -> None:
+    """Never a UnicodeEncodeError: the server answers 401 (was a 500), the verifiers and the
+    remote client refuse without sending anything."""
+    token = idp.mint("alice")
+    r = requests.post(cts_url + "/api/authorize", headers={"Content-Type": "application/json"}, timeout=5,
+                      data=json.dumps({"workspaceId": WORKSPACE_ID, "oidcToken": token + odd}))
+    assert r.status_code == 401
+    with pytest.raises(CtsTokenError, match="malformed"):
+        RemoteTokenService(cts_url, WORKSPACE, retries=0).authorize(token + odd)
+    cts_token = token_service.authorize(token)
+    for verifier in (token_service.verifier(), RemoteCtsVerifier.for_endpoint(cts_url, WORKSPACE)):
+        with pytest.raises(LockContextError, match="malformed"):
+            verifier.verify(cts_token.access_token + odd)

@@ -1037,3 +1037,131 @@ def test_from_mapping_rejects_bad_tables(mapping: dict[str, Any], match: str) ->
 def test_from_mapping_rejects_non_mappings() -> None:
     with pytest.raises(ConfigurationError, match="mapping"):
         IssuerConfig.from_mapping(["issuer"])  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- URLs and slow or odd key sets
+
+
+@pytest.mark.parametrize("uri", [
+    "HTTP://127.0.0.1:9/jwks.json",  # judged as http on loopback, sent through HTTP_PROXY before
+    " http://127.0.0.1:9/jwks.json",
+    "http://idp.example\\@127.0.0.1/jwks.json",  # urllib3 connects to idp.example, in the clear
+    "http://user:pw@127.0.0.1:9/jwks.json",
+    "http://127.0.0.1:9/jw ks.json",
+    "http://127.0.0.1:9/jwks\x7f.json",
+    "https://idp.example/jwks\u00e9.json",
+])
+def test_urls_that_parsers_could_read_differently_are_refused(idp: LocalIssuer, uri: str) -> None:
+    """Only URLs that lockkit's check and the HTTP client read alike may carry tokens or keys."""
+    from lockkit.oidc import protected_url
+
+    assert not protected_url(uri)
+    with pytest.raises(ConfigurationError):
+        idp.issuer_config(jwks_uri=uri)
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9/jwks.json", "http://[::1]:9/jwks.json", "http://localhost/x",
+                                 "https://idp.example.com/.well-known/jwks.json", "https://IdP.Example.com/x"])
+def test_plain_urls_stay_accepted(uri: str) -> None:
+    from lockkit.oidc import protected_url
+
+    assert protected_url(uri)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "HTTP://127.0.0.1:9/x"])
+def test_plain_http_is_sent_without_the_environments_proxy(url: str) -> None:
+    import requests
+
+    from lockkit.oidc import http_client
+
+    with http_client(url, None) as http:
+        assert isinstance(http, requests.Session) and http.trust_env is False
+
+
+def test_a_malformed_entry_never_throws_away_the_good_keys(fresh_idp: LocalIssuer) -> None:
+    """An entry with a list or an object where a string belongs is skipped like other junk
+    (it raised TypeError, and the whole key set was lost)."""
+    other = RSAAlgorithm.to_jwk(rsa_key().public_key(), as_dict=True)
+    for junk in ({**other, "alg": ["RS256"], "kid": "a"}, {**other, "alg": {"x": 1}, "kid": "b"},
+                 {**other, "kty": ["RSA"], "kid": "c"}):
+        assert _parse_jwk(junk) is None
+        fresh_idp.publish_jwk(junk)
+    verifier = OIDCVerifier(fresh_idp.issuer_config())
+    assert verifier.verify(fresh_idp.mint(now=NOW), now=NOW) is not None
+
+
+class _Body:
+    """An HTTP server on loopback answering every request with ``body``, ``per_write`` bytes
+    at a time with ``pause`` seconds between writes (a trickling server)."""
+
+    def __init__(self, body: bytes, *, per_write: int = 65536, pause: float = 0.0) -> None:
+        import threading
+        import time as _time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for i in range(0, len(body), per_write):
+                        self.wfile.write(body[i : i + per_write])
+                        self.wfile.flush()
+                        _time.sleep(pause)
+                except OSError:
+                    pass  # the client gave up
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer()
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_deeply_nested_jwks_is_provider_unavailable_not_a_crash(idp: LocalIssuer) -> None:
+    with _Body(b"[" * 100_000 + b"]" * 100_000) as server:
+        verifier = OIDCVerifier(idp.issuer_config(jwks_uri=server.url + "/jwks.json", http_timeout=2.0))
+        with pytest.raises(ProviderUnavailableError):
+            verifier.verify(idp.mint(now=NOW), now=NOW)
+
+
+def test_a_trickling_jwks_is_cut_off_after_twice_the_timeout(idp: LocalIssuer) -> None:
+    """The timeout bounds each read; a server sending a byte every 0.1 s (500 bytes: 50 s)
+    is cut off at 2 x timeout instead of holding the request and every refresh behind it."""
+    import time as _time
+
+    body = json.dumps(idp.jwks()).encode().ljust(500)
+    with _Body(body, per_write=1, pause=0.1) as server:
+        verifier = OIDCVerifier(idp.issuer_config(jwks_uri=server.url + "/jwks.json", http_timeout=0.5))
+        started = _time.monotonic()
+        with pytest.raises(ProviderUnavailableError):
+            verifier.verify(idp.mint(now=NOW), now=NOW)
+        assert _time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("where", [0, 10, -1])
+def test_a_token_that_is_not_ascii_is_invalid_not_a_crash(
+    idp: LocalIssuer, verifier: OIDCVerifier, where: int
+) -> None:
+    token = idp.mint(now=NOW)
+    for odd in ("\ud800", "\u00e9"):
+        bad = token[:where] + odd + token[where:] if where >= 0 else token + odd
+        reject(verifier, bad, "malformed")

@@ -200,7 +200,7 @@ class CtsVerifier:
         :raises LockContextError: expired (``Call identify again``), forged, or malformed.
         """
         now = time.time() if now is None else now
-        if not isinstance(access_token, str) or len(access_token) > MAX_CTS_TOKEN_BYTES:
+        if not isinstance(access_token, str) or len(access_token) > MAX_CTS_TOKEN_BYTES or not access_token.isascii():
             raise LockContextError("CTS token rejected: malformed")
         with self._lock:
             cached = self._cache.get(access_token)  # a str: its hash is computed once per object

@@ -50,7 +50,17 @@ from jwt.algorithms import OKPAlgorithm
 from ..config import parse_crn
 from ..errors import ConfigurationError, CtsTokenError, LockContextError
 from ..identity import CtsToken
-from ..oidc import Claims, RefreshSchedule, fetch_jwks_document, http_client, protected_url, strict_json_loads
+from ..oidc import (
+    BodyTooLarge,
+    BodyTooSlow,
+    Claims,
+    RefreshSchedule,
+    fetch_jwks_document,
+    http_client,
+    protected_url,
+    read_body,
+    strict_json_loads,
+)
 from .embedded import CTS_ALGORITHM, MAX_CTS_TOKEN_BYTES, CtsUnavailableError, CtsVerifier
 
 __all__ = [
@@ -104,21 +114,21 @@ def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:
         raise ConfigurationError(f"{name} must be a number {'>= 0' if allow_zero else '> 0'}")
 
 
-class _TooLarge(ValueError):
-    """A response body over its limit."""
+_TooLarge = BodyTooLarge  # a response body over its limit
 
 
-def _read_limited(response: requests.Response, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes.
+def _read_limited(response: requests.Response, limit: int, deadline: float) -> bytes:
+    """The body, refusing more than ``limit`` bytes or a body still arriving at ``deadline``
+    (``time.monotonic()``; a read timeout bounds each read only, and a server trickling a
+    byte per read would otherwise hold the caller for as long as it likes).
 
-    :raises _TooLarge: the body is too large.
+    :raises BodyTooLarge: the body is too large.
+    :raises requests.exceptions.ReadTimeout: the body took too long (retried like a timeout).
     """
-    body = bytearray()
-    for chunk in response.iter_content(chunk_size=16384):
-        body += chunk
-        if len(body) > limit:
-            raise _TooLarge(f"the response body is over {limit} bytes")
-    return bytes(body)
+    try:
+        return read_body(response, limit, deadline)
+    except BodyTooSlow as err:
+        raise requests.exceptions.ReadTimeout(str(err)) from err
 
 
 def _refusal_reason(raw: bytes, secret: str) -> str:
@@ -212,6 +222,8 @@ class RemoteTokenService:
         """
         if not isinstance(idp_jwt, str) or not idp_jwt:
             raise CtsTokenError("The JWT was rejected by CTS: no identity token was given")
+        if not idp_jwt.isascii():  # a compact JWS is ASCII; never sent
+            raise CtsTokenError("The JWT was rejected by CTS: token is malformed")
         body = {"workspaceId": self.workspace_id, "oidcToken": idp_jwt}
         last_problem, last_error = "no attempt was made", None
         for attempt in range(self.retries + 1):
@@ -250,11 +262,12 @@ class RemoteTokenService:
         ) from last_error
 
     def _post(self, body: dict[str, str]) -> tuple[int, bytes]:
+        deadline = time.monotonic() + 2 * self.timeout
         with http_client(self.url, self._session) as http, http.post(  # loopback http: never via a proxy
             self.url, json=body, timeout=self.timeout, headers={"Accept": "application/json"},
             allow_redirects=False, stream=True,
         ) as response:
-            return response.status_code, _read_limited(response, MAX_RESPONSE_BYTES)
+            return response.status_code, _read_limited(response, MAX_RESPONSE_BYTES, deadline)
 
     @staticmethod
     def _token(raw: bytes, now: float | None) -> CtsToken:
@@ -358,6 +371,8 @@ class RemoteCtsVerifier:
         :raises LockContextError: expired (``Call identify again``), forged, malformed, issued
             for another workspace, or the CTS's keys could not be fetched (fail closed).
         """
+        if not isinstance(access_token, str) or not access_token.isascii():
+            raise LockContextError("CTS token rejected: malformed")
         now = time.time() if now is None else now
         self._local.now = now
         self._refresh(now)  # when stale; meanwhile other callers verify with the cached keys
