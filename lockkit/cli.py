@@ -262,16 +262,20 @@ def openbao() -> None:
 @click.option("--jwks-url", required=True, help="the identity provider's JWKS URL")
 @click.option("--audience", "audiences", multiple=True, help="accepted aud value (repeat)")
 @click.option("--bound-claim", "bound_claims", multiple=True, metavar="NAME=GLOB",
-              help="claim constraint instead of an audience, e.g. azp=https://app.example (Clerk)")
+              help="string claim the token must carry (repeat; * is a wildcard), e.g. azp=https://app.example "
+                   "(Clerk); checked by the CEL role")
 @click.option("--max-ttl", default=900, show_default=True, type=click.IntRange(5, 86400),
               help="cap on a user token's lifetime (s)")
 @click.option("--insecure-http", is_flag=True,
               help="allow plain http to a non-loopback server or JWKS URL (a network you trust only)")
 @click.option("--auth-mount", default="jwt-cel", show_default=True)
 @click.option("--transit-mount", default="transit", show_default=True)
+@click.option("--key-prefix", default="lkx-", show_default=True,
+              help="user key names: <prefix><hex(sub)>; one per auth mount on a transit mount")
 @click.option("--role", default="lockkit", show_default=True)
 def openbao_setup(addr: str, issuer: str, jwks_url: str, audiences: tuple[str, ...], bound_claims: tuple[str, ...],
-                  max_ttl: int, insecure_http: bool, auth_mount: str, transit_mount: str, role: str) -> None:
+                  max_ttl: int, insecure_http: bool, auth_mount: str, transit_mount: str, key_prefix: str,
+                  role: str) -> None:
     from .config import OpenBaoConfig
     from .keys.openbao import BaoError, BaoUnavailable
     from .keys.openbao_setup import setup
@@ -287,7 +291,7 @@ def openbao_setup(addr: str, issuer: str, jwks_url: str, audiences: tuple[str, .
         claims.setdefault(name, []).append(glob)
     try:
         config = OpenBaoConfig(addr=addr, auth_mount=auth_mount, transit_mount=transit_mount, role=role,
-                               insecure_http=insecure_http)
+                               key_prefix=key_prefix, insecure_http=insecure_http)
         steps = setup(config, token, issuer=issuer, jwks_url=jwks_url, audiences=audiences,
                       bound_claims=claims or None, max_ttl=max_ttl)
     except (ValueError, BaoError, BaoUnavailable) as err:
@@ -296,7 +300,10 @@ def openbao_setup(addr: str, issuer: str, jwks_url: str, audiences: tuple[str, .
         raise click.ClickException(err.message) from err
     for line in steps:
         click.echo(f"- {line}")
-    click.echo("done. Configure the app with LOCKKIT_KEY_BACKEND=openbao and LOCKKIT_OPENBAO_ADDR.")
+    extra = "".join(f", LOCKKIT_OPENBAO_{name.upper()}={value}" for name, value, default in (
+        ("auth_mount", auth_mount, "jwt-cel"), ("transit_mount", transit_mount, "transit"),
+        ("key_prefix", key_prefix, "lkx-"), ("role", role, "lockkit")) if value != default)
+    click.echo(f"done. Configure the app with LOCKKIT_KEY_BACKEND=openbao and LOCKKIT_OPENBAO_ADDR{extra}.")
 
 
 def main(argv: list[str] | None = None) -> int:

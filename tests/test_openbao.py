@@ -429,3 +429,248 @@ def test_rotation_and_rewrap_by_the_app_keep_payloads_readable(
                        token_service=client.token_service)
     got = fresh.bulk_decrypt([old, moved, new]).with_lock_context(alice).unwrap()
     assert [g.unwrap() for g in got] == ["before rotation", "before rotation", "after rotation"]
+
+
+# -- setup binds what it says, on every mount; odd subjects and odd answers ------------------
+def cel_login(addr: str, mount: str, jwt: str) -> requests.Response:
+    return requests.post(f"{addr}/v1/auth/{mount}/cel/login", json={"role": "lockkit", "jwt": jwt}, timeout=10)
+
+
+def test_bound_claims_are_enforced_by_the_cel_role(backend: str, bao: Any, idp: LocalIssuer) -> None:
+    """OpenBao's CEL role drops ``bound_claims``: setup compiles them into the program. A Clerk
+    deployment bound to its azp refuses a token of another azp, one without azp, and one
+    issued for some audience (the role binds none)."""
+    app = "https://app.example.com"
+    config = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-azp", key_prefix="lka-")
+    steps = setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, bound_claims={"azp": [app]})
+    assert any("azp in ['https://app.example.com']" in s and "no aud" in s for s in steps)
+
+    def mint(**claims: Any) -> str:
+        return idp.mint("user_2victim", omit=("aud",), **claims)
+
+    assert cel_login(bao.addr, "jwt-azp", mint(azp=app)).status_code == 200
+    for jwt in (mint(azp="https://other-app.example.net"), mint(), mint(azp=app + "/"), mint(azp=[app]),
+                idp.mint("user_2victim", azp=app, aud=["some-third-party"]), idp.mint("user_2victim", azp=app)):
+        r = cel_login(bao.addr, "jwt-azp", jwt)
+        assert r.status_code == 400 and "blocked authorization" in r.text, r.text
+    # lockkit end to end, with the matching verifier
+    ts = OpenBaoTokenService(config, [OIDCVerifier(idp.issuer_config(audiences=(), authorized_parties=(app,)))])
+    assert decode_token(ts.authorize(mint(azp=app)).access_token)[1] == "lka-" + b"user_2victim".hex()
+
+
+def test_bound_claim_globs_and_odd_values_are_literal_except_the_star(backend: str, bao: Any, idp: LocalIssuer) -> None:
+    org = 'q"u\\o\'te*'  # quotes and a backslash must reach CEL as data, never as syntax
+    config = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-glob", key_prefix="lkg-")
+    setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience],
+          bound_claims={"azp": ["https://*.example.com"], "org": [org, "a.b", "ünï\n(x)"]})
+
+    def status(azp: Any, org: Any) -> int:
+        return cel_login(bao.addr, "jwt-glob", idp.mint("alice", azp=azp, org=org)).status_code
+
+    ok = "https://tenant.example.com"
+    for good in ('q"u\\o\'te', 'q"u\\o\'te-and\nmore', "a.b", "ünï\n(x)"):
+        assert status(ok, good) == 200, good
+    for bad in ('Q"u\\o\'te', "q\"u\\\\o'te", "axb", "a.b ", "ünï\n(x)x", 'xq"u\\o\'te', None, 7):
+        assert status(ok, bad) == 400, bad
+    for azp in ("https://tenant.example.com.evil.net", "https://tenantXexample.com", "http://tenant.example.com"):
+        assert status(azp, "a.b") == 400, azp
+    assert status("https://a.b.example.com", "a.b") == 200
+    assert cel_login(bao.addr, "jwt-glob", idp.mint("alice", azp=ok, org="a.b", aud="other")).status_code == 400  # audience
+
+
+@pytest.mark.parametrize("claims", [{"a-b": "x"}, {"in": "x"}, {"aud": "x"}, {"": "x"}, {"azp": []}, {"azp": [""]},
+                                    {"azp": [7]}, {"azp": "\ud800"}])
+def test_setup_refuses_bound_claims_it_cannot_compile(claims: dict[str, Any]) -> None:
+    from lockkit.keys.openbao_setup import cel_role
+
+    with pytest.raises(ValueError):
+        cel_role([], claims, 900, 5)
+
+
+def test_setup_reads_the_role_back_and_never_leaves_it_unbound(backend: str, bao: Any, idp: LocalIssuer) -> None:
+    """A field the server silently drops (as the CEL role did with bound_claims) is caught by
+    reading the role back; the role is then deleted, never left accepting any token."""
+    from lockkit.keys.openbao import BaoError
+
+    class Dropping(OpenBaoHTTP):
+        def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+            body = kw.get("body")
+            if method == "POST" and "/cel/role/" in path and isinstance(body, dict):
+                program = dict(body["cel_program"], expression=body["cel_program"]["expression"].split(" : ")[-1])
+                kw["body"] = {k: v for k, v in dict(body, cel_program=program).items() if k != "bound_audiences"}
+            return super().call(method, path, **kw)
+
+    config = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-drop", key_prefix="lkr-")
+    with pytest.raises(BaoError, match="bound_audiences.*deleted|expression.*deleted"):
+        setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience],
+              bound_claims={"azp": ["x"]}, http=Dropping(config))
+    assert bao_call(bao.addr, bao.root_token, "GET", "auth/jwt-drop/cel/role/lockkit").status_code == 404
+    assert cel_login(bao.addr, "jwt-drop", idp.mint("alice", azp="other")).status_code == 400
+
+
+def test_a_second_auth_mount_never_shares_user_keys(
+    backend: str, bao: Any, bao_config: OpenBaoConfig, idp: LocalIssuer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two identity providers on one server: the second mount must not template the first
+    one's key names (its "alice" would open the first one's alice's data), nor rewrite the
+    first deployment's app policy."""
+    from lockkit.cli import main
+    from lockkit.keys.openbao_setup import app_policy_name
+
+    def app_policy_text(name: str) -> str:
+        return str(bao_call(bao.addr, bao.root_token, "GET", f"sys/policies/acl/{name}").json()["data"]["policy"])
+
+    before = app_policy_text(APP_POLICY)
+    with LocalIssuer(audience="app-b") as idp_b:
+        args = ["openbao", "setup", "--addr", bao.addr, "--issuer", idp_b.issuer, "--jwks-url", idp_b.jwks_uri,
+                "--audience", "app-b", "--auth-mount", "jwt-b"]
+        monkeypatch.setenv("BAO_TOKEN", bao.root_token)
+        assert main(args) == 1 and "--key-prefix" in capsys.readouterr().err
+        for prefix in ("lkx-", "lkx-6", "lk"):  # the same key names, or names one prefix can reach
+            with pytest.raises(ValueError, match="own key prefix"):
+                setup(OpenBaoConfig(addr=bao.addr, auth_mount="jwt-b", key_prefix=prefix), bao.root_token,
+                      issuer=idp_b.issuer, jwks_url=idp_b.jwks_uri, audiences=["app-b"])
+        assert "jwt-b/" not in bao_call(bao.addr, bao.root_token, "GET", "sys/auth").json()["data"]  # refused first
+        assert main([*args, "--key-prefix", "lkb-"]) == 0
+        cfg_b = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-b", key_prefix="lkb-")
+        name_b = app_policy_name(cfg_b)
+        out = capsys.readouterr().out
+        assert name_b != APP_POLICY and f"wrote policy {name_b}" in out and "LOCKKIT_OPENBAO_KEY_PREFIX=lkb-" in out
+        assert app_policy_text(APP_POLICY) == before  # the first deployment's app policy is untouched
+        assert 'path "transit/rewrap/lkb-*"' in app_policy_text(name_b)
+        ts_a = OpenBaoTokenService(bao_config, [OIDCVerifier(idp.issuer_config())])
+        ts_b = OpenBaoTokenService(cfg_b, [OIDCVerifier(idp_b.issuer_config())])
+        app_a = Encryption([notes], key_service=OpenBaoKeyService(bao_config, WORKSPACE), token_service=ts_a)
+        app_b = Encryption([notes], key_service=OpenBaoKeyService(cfg_b, WORKSPACE), token_service=ts_b)
+        alice_a, alice_b = login(app_a, idp, "alice"), login(app_b, idp_b, "alice")  # two people
+        secret = app_a.encrypt("A's alice's diary", column="body", table=notes).with_lock_context(alice_a).unwrap()
+        assert parts(alice_a)[1] == "lkx-616c696365" and parts(alice_b)[1] == "lkb-616c696365"
+        res = app_b.decrypt(secret).with_lock_context(alice_b)
+        assert res.failure is not None and res.failure.type == "DecryptionError"
+        r = bao_call(bao.addr, parts(alice_b)[0], "POST", f"transit/decrypt/{parts(alice_a)[1]}", {"ciphertext": secret["kid"]})
+        assert r.status_code == 403
+        mine = app_b.encrypt("B's alice's", column="body", table=notes).with_lock_context(alice_b).unwrap()
+        assert app_b.decrypt(mine).with_lock_context(alice_b).unwrap() == "B's alice's"
+        assert app_a.decrypt(secret).with_lock_context(alice_a).unwrap() == "A's alice's diary"
+        assert main([*args, "--key-prefix", "lkb-"]) == 0  # re-running it is fine
+
+
+@pytest.mark.parametrize("sub", ["\ufffdvictim", "\ud800victim", "\udfffvictim"])
+def test_subjects_openbao_would_read_as_u_fffd_are_refused(
+    backend: str, bao: Any, bao_config: OpenBaoConfig, idp: LocalIssuer, token_service: OpenBaoTokenService,
+    client: Encryption, sub: str
+) -> None:
+    """OpenBao (Go) decodes a JSON lone surrogate to U+FFFD: "\\ud800victim" and
+    "\\ufffdvictim" would be one alias and one key. The role refuses both; so does lockkit,
+    with a typed error."""
+    from lockkit import CtsTokenError
+    from lockkit.keys.openbao import subject_of
+
+    r = cel_login(bao.addr, bao_config.auth_mount, idp.mint(sub))
+    assert r.status_code == 400 and "U+FFFD" in r.text, r.text
+    with pytest.raises(LockContextError):
+        key_name(bao_config, sub)
+    with pytest.raises(CtsTokenError):
+        token_service.authorize(idp.mint(sub))
+    res = client.lock_context().identify(idp.mint(sub))
+    assert res.failure is not None and res.failure.type == "CtsTokenError"
+    assert subject_of(bao_config, "lkx-" + "\ufffdvictim".encode().hex()) is None
+    assert cel_login(bao.addr, bao_config.auth_mount, idp.mint("ünï victim")).status_code == 200
+
+
+def test_a_malformed_answer_is_a_typed_error(backend: str, idp: LocalIssuer) -> None:
+    """Something else answering at the OpenBao address (a proxy, another service) with 200 and
+    JSON of the wrong shape: lockkit errors, never a bare Python exception."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lockkit import CtsTokenError
+    from lockkit.identity import CtsToken
+
+    answers: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+    class Fake(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            parts = self.path.split("/")
+            body = json.dumps(answers[parts[3] if parts[2] == "transit" else parts[2]](request)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    def hmacs(mac: Any) -> Callable[[dict[str, Any]], Any]:
+        return lambda req: {"data": {"batch_results": [{"hmac": mac}] * len(req["batch_input"])}}
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = OpenBaoConfig(addr=f"http://127.0.0.1:{server.server_port}", retries=0)
+        ts = OpenBaoTokenService(config, [OIDCVerifier(idp.issuer_config())])
+        for auth in ("unexpected", ["x"], 7, {"client_token": 7, "lease_duration": "x"}):
+            answers["auth"] = lambda req, auth=auth: {"auth": auth}
+            with pytest.raises(CtsTokenError):
+                ts.authorize(idp.mint("alice"))
+        lc = LockContext(cts_token=CtsToken(encode_token("s.fake", key_name(config, "alice"), "alice"), int(time.time()) + 300))
+        client = Encryption([notes], key_service=OpenBaoKeyService(config, WORKSPACE), token_service=ts)
+        answers["datakey"] = lambda req: {"data": {"plaintext": b64(bytes(32)), "ciphertext": "vault:v1:abc"}}
+        answers["hmac"] = hmacs("vault:v1:" + b64(bytes(32)))
+        payload = client.encrypt("x", column="body", table=notes).with_lock_context(lc).unwrap()  # well-formed: works
+        for datakey in ("unexpected", {"plaintext": "not base64!", "ciphertext": "vault:v1:abc"}):
+            answers["datakey"] = lambda req, d=datakey: {"data": d}
+            res = client.encrypt("x", column="body", table=notes).with_lock_context(lc).result()
+            assert res.failure is not None and res.failure.type == "EncryptionError", res
+        for data in ("unexpected", {"batch_results": 5}, {"batch_results": ["x"]}, {"batch_results": []}):
+            answers["decrypt"] = lambda req, d=data: {"data": d}
+            res = client.decrypt(payload).with_lock_context(lc).result()
+            assert res.failure is not None and res.failure.type == "DecryptionError", (data, res)
+        for answer in (lambda req: {"data": "unexpected"}, lambda req: {"data": {"batch_results": 5}},
+                       lambda req: {"data": {"batch_results": ["x"]}}, hmacs("vault:v1:abc"), hmacs("vault:v1:!!!!"),
+                       hmacs(7), hmacs("vault:v1:")):
+            answers["hmac"] = answer
+            res = client.encrypt_query("x", column="body", table=notes, query_type="equality").with_lock_context(lc).result()
+            assert res.failure is not None and res.failure.type == "EncryptionError", res
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_setup_keeps_the_operators_auth_settings(backend: str, bao: Any, bao_config: OpenBaoConfig, idp: LocalIssuer) -> None:
+    """Re-running setup changes jwks_url and bound_issuer only: an operator's jwks_ca_pem (a
+    private IdP CA), supported algorithms and default role stay (OpenBao replaces the whole
+    config on a write)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Private IdP CA")])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
+          .not_valid_before(datetime.datetime(2024, 1, 1)).not_valid_after(datetime.datetime(2034, 1, 1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+    path = f"auth/{bao_config.auth_mount}/config"
+    original = bao_call(bao.addr, bao.root_token, "GET", path).json()["data"]
+    mine = {"jwks_url": original["jwks_url"], "bound_issuer": original["bound_issuer"], "jwks_ca_pem": pem,
+            "jwt_supported_algs": ["RS256", "ES256"], "default_role": "lockkit"}
+    assert bao_call(bao.addr, bao.root_token, "POST", path, mine).status_code == 204
+    try:
+        setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
+        now = bao_call(bao.addr, bao.root_token, "GET", path).json()["data"]
+        assert now["jwks_ca_pem"].strip() == pem.strip()
+        assert now["jwt_supported_algs"] == ["RS256", "ES256"] and now["default_role"] == "lockkit"
+        assert now["jwks_url"] == idp.jwks_uri and now["bound_issuer"] == idp.issuer
+        assert login(Encryption([notes], key_service=OpenBaoKeyService(bao_config, WORKSPACE),
+                                token_service=OpenBaoTokenService(bao_config, [OIDCVerifier(idp.issuer_config())])),
+                     idp, "alice").cts_token is not None
+    finally:
+        bao_call(bao.addr, bao.root_token, "POST", path, {"jwks_url": original["jwks_url"], "bound_issuer": original["bound_issuer"]})

@@ -60,10 +60,18 @@ def key_name(config: OpenBaoConfig, sub: str) -> str:
     """The user's transit key: ``lkx-<hex(utf-8 sub)>`` (CEL role), or ``lk-<sub>`` (plain
     role, only for subjects that fit OpenBao's key-name rules and never differ only in case).
 
-    :raises LockContextError: a subject the plain role cannot name safely.
+    :raises LockContextError: a subject the plain role cannot name safely; under either role,
+        one that is not UTF-8 text (a lone surrogate, which OpenBao reads as U+FFFD) or holds
+        U+FFFD (so ``"\\ud800x"`` and ``"\\ufffdx"`` never share a key).
     """
+    if "\ufffd" in sub:
+        raise LockContextError("this subject holds U+FFFD: it cannot name an OpenBao key")
+    try:
+        utf8 = sub.encode()
+    except UnicodeEncodeError:
+        raise LockContextError("this subject is not valid Unicode (a lone surrogate): it cannot name a key") from None
     if config.login == "cel":
-        return config.key_prefix + sub.encode().hex()
+        return config.key_prefix + utf8.hex()
     ok = sub and all(c.isascii() and (c.isalnum() or c in "_.-") for c in sub) and sub[0] not in ".-" and sub[-1] not in ".-"
     if not ok or ".." in sub:
         raise LockContextError(
@@ -80,9 +88,10 @@ def subject_of(config: OpenBaoConfig, key: str) -> str | None:
     if config.login != "cel":
         return rest or None
     try:
-        return bytes.fromhex(rest).decode() or None
+        sub = bytes.fromhex(rest).decode()
     except (ValueError, UnicodeDecodeError):
         return None
+    return sub if sub and "\ufffd" not in sub else None
 
 
 class BaoError(Exception):
@@ -187,6 +196,30 @@ def _errors(resp: requests.Response) -> list[str]:
         return [resp.text[:200]]
 
 
+def _data(doc: dict[str, Any] | None) -> dict[str, Any]:
+    """A response's ``data`` object (``{}`` when absent).
+
+    :raises BaoError: 502, it is not an object (a proxy or another service answered).
+    """
+    data = (doc or {}).get("data")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BaoError(502, ["malformed response: data is not an object"])
+    return data
+
+
+def _batch_results(doc: dict[str, Any] | None, count: int) -> list[dict[str, Any]]:
+    """A batch response's ``batch_results``: one object per item sent.
+
+    :raises BaoError: 502, anything else.
+    """
+    results = _data(doc).get("batch_results")
+    if not isinstance(results, list) or len(results) != count or not all(isinstance(r, dict) for r in results):
+        raise BaoError(502, ["malformed batch response"])
+    return results
+
+
 def encode_token(bao_token: str, key: str, sub: str) -> str:
     """The CTS token's access token in OpenBao mode: the OpenBao client token plus the key it
     may use (the server enforces that pairing; a tampered key name just gets a 403)."""
@@ -239,7 +272,10 @@ class OpenBaoTokenService:
         now = time.time() if now is None else now
         _, claims = verify_identity_jwt(self._router, idp_jwt, now)
         sub = claims["sub"]
-        key = key_name(self.config, sub)
+        try:
+            key = key_name(self.config, sub)
+        except LockContextError as err:
+            raise CtsTokenError(f"The JWT was rejected: {err.message}") from err
         path = f"auth/{self.config.auth_mount}/{'cel/login' if self.config.login == 'cel' else 'login'}"
         try:
             doc = self.http.call("POST", path, body={"role": self.config.role, "jwt": idp_jwt}, idempotent=False)
@@ -247,7 +283,9 @@ class OpenBaoTokenService:
             raise CtsUnavailableError(f"CTS unavailable: {err}") from err
         except BaoError as err:
             raise CtsTokenError(f"The JWT was rejected by OpenBao ({err.status})") from err
-        auth = doc.get("auth") or {}
+        auth = doc.get("auth")
+        if not isinstance(auth, dict):
+            raise CtsTokenError("OpenBao returned no usable token (no auth object in its answer)")
         token, ttl = auth.get("client_token"), auth.get("lease_duration")
         if not isinstance(token, str) or not token or not isinstance(ttl, int) or ttl < MIN_TOKEN_SECONDS:
             raise CtsTokenError("OpenBao returned no usable token (check the role's TTL settings)")
@@ -402,7 +440,7 @@ class OpenBaoKeyService:
 
     def _datakey(self, bao: str, key: str) -> tuple[bytes, str]:
         doc = self._upserting(bao, key, "datakey/plaintext", {"bits": 256})
-        data = doc.get("data") or {}
+        data = _data(doc)
         try:
             dek = base64.b64decode(data["plaintext"], validate=True)
             wrapped = data["ciphertext"]
@@ -436,9 +474,12 @@ class OpenBaoKeyService:
                 doc = self.http.call("POST", self._transit("decrypt", key), token=bao,
                                      body={"batch_input": [{"ciphertext": w} for w in chunk]})
             except BaoError as err:
-                per_item = ((err.doc or {}).get("data") or {}).get("batch_results") if err.status == 400 else None
-                if isinstance(per_item, list) and len(per_item) == len(chunk):
-                    doc = err.doc or {}  # a bad item: OpenBao still answered every item (read them below)
+                try:  # a bad item: OpenBao answers 400, but still with every item's result (read below)
+                    per_item = _batch_results(err.doc, len(chunk)) if err.status == 400 else None
+                except BaoError:
+                    per_item = None
+                if per_item is not None:
+                    doc = err.doc or {}
                 elif err.status == 400 and len(chunk) == 1:
                     out[chunk[0]] = DecryptionError("this value is locked to another identity (its data key does not open with this identity's OpenBao key)")
                     continue
@@ -448,7 +489,7 @@ class OpenBaoKeyService:
                     continue
                 else:
                     raise
-            results = (doc.get("data") or {}).get("batch_results") or []
+            results = _batch_results(doc, len(chunk))
             for w, r in zip(chunk, results):
                 try:
                     if r.get("error"):
@@ -472,15 +513,17 @@ class OpenBaoKeyService:
             "key_version": 1,
             "batch_input": [{"input": base64.b64encode(label).decode()} for label in labels],
         })
-        results = (doc.get("data") or {}).get("batch_results") or []
-        if len(results) != len(labels):
-            raise BaoError(502, ["malformed hmac response"])
         out = []
-        for label, r in zip(labels, results):
-            mac = r.get("hmac") if isinstance(r, dict) else None
-            if not isinstance(mac, str) or not mac.startswith("vault:v1:"):
+        for label, r in zip(labels, _batch_results(doc, len(labels))):
+            mac = r.get("hmac")
+            try:
+                if not isinstance(mac, str) or not mac.startswith("vault:v1:"):
+                    raise ValueError("not a version 1 hmac")
+                secret = base64.b64decode(mac.split(":", 2)[2], validate=True)
+            except (ValueError, binascii.Error) as err:
+                raise BaoError(502, ["malformed hmac response"]) from err
+            if not secret:
                 raise BaoError(502, ["malformed hmac response"])
-            secret = base64.b64decode(mac.split(":", 2)[2])
             out.append(HKDF(hashes.SHA256(), 64, b"lockkit/openbao/index", label).derive(secret))
         return out
 
