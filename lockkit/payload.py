@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._text import stream_safe
 from .errors import DecryptionError, EncryptionError
 from .keys.keyring import canonical
 
@@ -132,9 +133,10 @@ def decode_value(raw: bytes) -> Any:
 
 
 def index_bytes(kind: str, value: Any, where: str) -> bytes:
-    """What an equality term is computed over: the typed encoding, text NFC-normalised."""
+    """What an equality term is computed over: the typed encoding, text NFC-normalised (in the
+    Stream-Safe Text Format first: a run of combining marks costs quadratic time to normalise)."""
     if kind == "text" and isinstance(value, str):
-        value = unicodedata.normalize("NFC", value)
+        value = unicodedata.normalize("NFC", stream_safe(value))
     if kind == "float" and isinstance(value, float) and math.isnan(value):
         raise EncryptionError(f"{where}: NaN cannot be searched for equality")
     return encode_value(kind, value, where)

@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac
 
+from ._text import stream_safe
 from .schema import MatchIndex
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
@@ -82,10 +83,12 @@ class TermHasher:
 def normalise(text: str) -> str:
     """Text as free-text match indexes see it: NFKC-normalised and case-folded, then NFKC again
     (case folding can decompose: "İ" becomes "i" + a combining dot), so "Café" typed decomposed,
-    "ＣＡＦÉ" and "café" are one word. Re-check decrypted candidates on this form."""
+    "ＣＡＦÉ" and "café" are one word. Re-check decrypted candidates on this form. Runs of more
+    than 30 combining marks (never in real text) are first broken up (UAX #15's Stream-Safe
+    Text Format): normalising them costs quadratic time."""
     if text.isascii():  # NFKC-invariant, and its casefold is lower()
         return text.lower()
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", stream_safe(text)).casefold())
 
 
 def words(text: str) -> list[str]:

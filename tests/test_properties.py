@@ -292,3 +292,56 @@ def test_bobs_match_terms_never_hit_alices_text(env: Env, words: list[str]) -> N
     payload = _sealed(env.client.encrypt(text, column="text", table=env.table).with_lock_context(env.alice))
     assert not any(_match(env, w, payload, env.bob) for w in words[:3])
     assert not matches({"hm": _eq_term(env, "text", text, env.bob)}, payload)
+
+
+_normalize = unicodedata.normalize
+
+
+def _longest_non_starter_run(text: str) -> int:
+    longest = run = 0
+    for c in _normalize("NFKD", text):
+        run = run + 1 if unicodedata.combining(c) else 0
+        longest = max(longest, run)
+    return longest
+
+
+@pytest.mark.parametrize("attack", [
+    "a" + "\u0301\u0316" * 5000,  # alternating classes 230 / 220: insertion sort is quadratic
+    "\u0f73" * 5000,  # a starter (class 0) whose decomposition is two non-starters
+    "x\u0344" * 2 + "\u0344" * 5000,  # one character, two non-starters
+])
+def test_terms_never_normalise_long_runs_of_combining_marks(
+    env: Env, attack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unicode normalisation reorders runs of combining marks with an insertion sort: 64,000
+    such characters took 2 s to index, a megabyte minutes. What the index normalises has runs
+    of at most 30 non-starters (UAX #15 Stream-Safe Text Format); the value still round-trips
+    and its own fragments still find it."""
+    real = unicodedata.normalize
+    seen: list[int] = []
+
+    def checked(form: str, text: str) -> str:
+        seen.append(_longest_non_starter_run(text))
+        return real(form, text)
+
+    monkeypatch.setattr(unicodedata, "normalize", checked)
+    query = env.client.encrypt_query(attack, column="text", table=env.table, query_type="match")
+    op = env.client.encrypt(attack, column="text", table=env.table)
+    payload = _sealed(op.with_lock_context(env.alice))
+    terms = query.with_lock_context(env.alice).unwrap()
+    monkeypatch.undo()
+    assert seen and max(seen) <= 30
+    assert matches(terms, payload)
+    assert env.client.decrypt(payload).with_lock_context(env.alice).unwrap() == attack
+
+
+@PROPS
+@given(st.text())
+def test_stream_safe_changes_only_long_runs(text: str) -> None:
+    from lockkit._text import stream_safe
+
+    safe = stream_safe(text)
+    if _longest_non_starter_run(text) <= 30:
+        assert safe == text  # real text: terms unchanged
+    else:
+        assert safe.replace("\u034f", "") == text.replace("\u034f", "") and _longest_non_starter_run(safe) <= 30
