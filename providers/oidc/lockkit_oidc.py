@@ -2,23 +2,36 @@
 
 The provider is a thin layer on lockkit's core verifier (:class:`lockkit.oidc.OIDCVerifier`):
 
-* **Discovery.** ``{issuer}/.well-known/openid-configuration`` is fetched lazily (with a
-  timeout) the first time it is needed, so an app starts even while its IdP is down. The
-  document's ``issuer`` must equal the configured issuer exactly; its ``jwks_uri`` feeds the
-  verifiers and its endpoints feed Authlib.
+* **Discovery.** ``{issuer}/.well-known/openid-configuration`` is fetched lazily the first
+  time it is needed, so an app starts even while its IdP is down: one fetch at a time, outside
+  any lock (concurrent requests share its outcome), the whole document within twice the
+  timeout, parsed as strict JSON. After a failure, requests fail fast for
+  :data:`DISCOVERY_RETRY_INTERVAL` seconds from the failure. The document's ``issuer`` must
+  equal the configured issuer exactly; its ``jwks_uri`` feeds the verifiers and its endpoints
+  feed Authlib. A ``revocation_endpoint`` or ``end_session_endpoint`` that is not https (plain
+  http only on loopback) is ignored, with a warning: sign-out then neither revokes nor
+  redirects there.
 * **Two verifiers.** ID tokens (``aud`` = the client id) and API access tokens (``aud`` =
   ``LOCKKIT_OIDC_AUDIENCE``) are different credentials. A token presented in an
   ``Authorization: Bearer`` header is verified as an access token only; the session's token is
   verified as an ID token only. Tokens of other issuers are left to other providers (``None``).
+  When the audience *is* the client id (Entra ID v2), a bearer token must also show that it
+  is an access token (``typ: at+jwt`` or a ``scp``/``scope`` claim, and no ``nonce``,
+  ``at_hash``, ``c_hash`` or ``s_hash``).
 * **Sign-in.** ``/lockkit/oidc/login`` -> the IdP (authorization code flow with PKCE ``S256``,
   ``state`` and ``nonce``) -> ``/lockkit/oidc/callback``, where Authlib checks ``state``,
   exchanges the code with the PKCE verifier and checks the ID token's ``nonce``; the raw ID
   token is then verified again by the strict core verifier. The ID token and refresh token are
   **sealed** (AES-GCM, :class:`lockkit.flask.Sealer`) before they enter the session.
 * **Refresh.** When the session's ID token expires within the kit's refresh window and a
-  refresh token exists, it is refreshed once at the token endpoint (with a timeout). A failed
+  refresh token exists, it is refreshed once at the token endpoint (with a timeout). A refused
   refresh signs the user out locally, so the next protected page sends them to sign in: never
-  a loop.
+  a loop. A transient failure (no answer, 5xx) keeps the current ID token until it expires,
+  and no refresh is tried for :data:`REFRESH_RETRY_INTERVAL` seconds; one refresh at a time
+  per session (its other requests share it).
+* **Cookie sessions.** With Flask's default (cookie) session, a sign-in whose tokens would
+  push the cookie over what browsers keep (4 KB) is refused with a page and an error log
+  recommending server-side sessions (Flask-Session); pending sign-ins are trimmed to fit.
 * **Sign-out.** ``POST /lockkit/oidc/logout`` (with the form token from
   ``lockkit_oidc_csrf()``) clears the session and sends the browser to the discovery
   document's ``end_session_endpoint`` (RP-Initiated Logout: ``id_token_hint``,
@@ -40,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import html
 import json
 import logging
@@ -55,11 +69,22 @@ import requests
 from authlib.common.errors import AuthlibBaseError  # type: ignore[import-untyped]
 from authlib.integrations.flask_client import FlaskIntegration, FlaskOAuth2App  # type: ignore[import-untyped]
 from flask import Blueprint, Flask, Response, abort, current_app, has_request_context, redirect, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.http import dump_cookie
 from werkzeug.wrappers import Response as BaseResponse
 
 from lockkit import ConfigurationError, hookimpl
 from lockkit.errors import IdentityError, InvalidCredentialError, ProviderUnavailableError
-from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, http_client
+from lockkit.oidc import (
+    BodyTooSlow,
+    Claims,
+    IssuerConfig,
+    OIDCVerifier,
+    http_client,
+    protected_url,
+    read_body,
+    strict_json_loads,
+)
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 try:  # Authlib >= 1.6 verifies ID tokens with joserfc
@@ -74,10 +99,28 @@ log = logging.getLogger("lockkit.oidc.provider")
 DEFAULT_SCOPES: Final = ("openid", "profile", "email", "offline_access")
 DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
 #: after a failed discovery fetch, requests fail fast for this long instead of each waiting
+#: (counted from when the attempt failed)
 DISCOVERY_RETRY_INTERVAL: Final = 5.0
+#: after a refresh failed for a transient reason (timeout, 5xx), no refresh is attempted for
+#: this long: each request would otherwise wait for the token endpoint again
+REFRESH_RETRY_INTERVAL: Final = 5.0
 MAX_DISCOVERY_BYTES: Final = 1 << 20
 #: sign-ins started but not finished that one session keeps (several tabs); older ones lapse
 MAX_PENDING_LOGINS: Final = 3
+#: the longest ``Set-Cookie`` header (name, value, attributes) this provider lets Flask's cookie
+#: session send: werkzeug's limit (it warns above it); browsers drop cookies over 4096 bytes
+MAX_COOKIE_BYTES: Final = 4093
+#: room a sign-in leaves in a cookie session for what the session gains afterwards: lockkit's
+#: sealed token-service token (about 800 bytes with the embedded token service) and the
+#: sign-out form token
+COOKIE_SESSION_RESERVE: Final = 900
+#: claims only ID tokens carry (OpenID Connect Core 3.1.3.6, 3.3.2.11): never in an access token
+_ID_TOKEN_CLAIMS: Final = ("nonce", "at_hash", "c_hash", "s_hash")
+#: optional discovery endpoints that receive tokens or secrets: ignored unless protected
+_OPTIONAL_ENDPOINTS: Final = {
+    "revocation_endpoint": "refresh tokens are not revoked at sign-out",
+    "end_session_endpoint": "sign-out ends the local session only",
+}
 _RESERVED_PARAMS: Final = frozenset(
     {"client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge", "code_challenge_method"}
 )
@@ -90,8 +133,22 @@ _AUTHLIB_ARGS: Final = frozenset(
         "server_metadata_url", "compliance_fix", "client_auth_methods", "user_agent",
     }
 )
-#: what a token exchange or refresh can raise (translated at this boundary)
-_OAUTH_ERRORS: Final = (AuthlibBaseError, JoseError, requests.RequestException, ValueError, KeyError, TypeError)
+#: what a token exchange or refresh can raise (translated at this boundary): a malformed answer
+#: (``"expires_in": 1e400`` is an OverflowError in Authlib, JSON nested too deep a
+#: RecursionError) is a refusal, never an uncaught exception
+_OAUTH_ERRORS: Final = (
+    AuthlibBaseError, JoseError, requests.RequestException, ValueError, KeyError, TypeError, OverflowError,
+    RecursionError,
+)
+
+
+def _transient(err: BaseException) -> bool:
+    """Whether a token endpoint failure is the IdP's outage (no answer, a timeout, 5xx or 429)
+    rather than a refusal: the user did nothing wrong and should try again later."""
+    if isinstance(err, requests.HTTPError):
+        status = err.response.status_code if err.response is not None else None
+        return status is None or status >= 500 or status == 429
+    return isinstance(err, (requests.RequestException, BodyTooSlow))
 
 
 def _check_url(name: str, url: str, *, allow_path: bool = True) -> str:
@@ -106,7 +163,7 @@ def _check_url(name: str, url: str, *, allow_path: bool = True) -> str:
         raise ConfigurationError(f"{name} is not a valid URL") from err
     if not host or parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(f"set {name} to an absolute URL without query, fragment or credentials")
-    if parts.scheme != "https" and not (parts.scheme == "http" and host in _LOOPBACK):
+    if not protected_url(url) or (parts.scheme != "https" and not (parts.scheme == "http" and host in _LOOPBACK)):
         raise ConfigurationError(f"set {name} to an https:// URL (plain http only on loopback)")
     if not allow_path and parts.path not in ("", "/"):
         raise ConfigurationError(f"{name} must not have a path")
@@ -151,6 +208,41 @@ def _unverified_issuer(token: str) -> str | None:
         return None
     iss = payload.get("iss") if isinstance(payload, dict) else None
     return iss if isinstance(iss, str) else None
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWT (of a token already verified), ``{}`` if unreadable."""
+    try:
+        segment = token.split(".", 1)[0]
+        header = strict_json_loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut short: for log and error messages about what an IdP sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _string_list(doc: Mapping[str, Any], key: str, where: str) -> list[str] | None:
+    """``doc[key]`` when it is a list of strings, ``None`` when absent.
+
+    :raises ConfigurationError: present but not a list of strings.
+    """
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigurationError(f"the discovery document at {where} has an invalid {key}: not a list of strings")
+    return value
+
+
+def _usable_endpoint(url: Any) -> bool:
+    """An endpoint that may receive tokens or secrets: https (plain http only on loopback), read
+    alike by every parser (:func:`lockkit.oidc.protected_url`), no fragment."""
+    return isinstance(url, str) and protected_url(url) and "#" not in url
 
 
 @dataclass(frozen=True)
@@ -267,15 +359,21 @@ class OIDCSettings:
 
 class _Discovery:
     """The issuer's discovery document and the verifiers built from it, fetched once, lazily.
-    Implements the core's ``TokenVerifier`` protocol (verifying ID tokens)."""
+    Implements the core's ``TokenVerifier`` protocol (verifying ID tokens).
+
+    One fetch at a time, outside the lock: requests that need the document while it is being
+    fetched wait for that fetch's outcome (at most as long as the fetch may take) instead of
+    each fetching in turn. After a failure, requests fail fast for
+    :data:`DISCOVERY_RETRY_INTERVAL` seconds from when the attempt failed."""
 
     def __init__(self, settings: OIDCSettings, http: requests.Session | None) -> None:
         self.settings = settings
         self._http = http
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._metadata: dict[str, Any] | None = None
-        self._failed_at: float | None = None
+        self._failed_at: float | None = None  # time.monotonic() when the last attempt failed
         self._error: ProviderUnavailableError | ConfigurationError | None = None
+        self._fetching_since: float | None = None  # time.monotonic() when the fetch in flight started
         self.id_verifier: OIDCVerifier | None = None
         self.access_verifier: OIDCVerifier | None = None
         self.fetch_count = 0
@@ -284,90 +382,135 @@ class _Discovery:
     def namespace(self) -> str:
         return self.settings.namespace or self.settings.issuer
 
+    @property
+    def fetch_budget(self) -> float:
+        """How long one discovery fetch may take: the connection and the response headers are
+        bounded by the timeout, the whole document by twice the timeout."""
+        return 2 * self.settings.http_timeout + 1.0
+
     def verify(self, token: str, now: float | None = None) -> Claims | None:
         return self.id_tokens().verify(token, now=now)
 
     def metadata(self) -> dict[str, Any]:
         """The validated discovery document.
 
-        :raises ProviderUnavailableError: it cannot be fetched (or failed to, moments ago).
+        :raises ProviderUnavailableError: it cannot be fetched (or failed to, moments ago, or
+            another request's fetch of it is taking too long).
         :raises ConfigurationError: it does not match the configuration (wrong issuer, no
             ``jwks_uri`` ...).
         """
-        with self._lock:
-            if self._metadata is not None:
-                return self._metadata
-            now = time.monotonic()
-            err = self._error
-            if err is not None and self._failed_at is not None and now - self._failed_at < DISCOVERY_RETRY_INTERVAL:
-                if isinstance(err, ProviderUnavailableError):
-                    raise ProviderUnavailableError(err.message, detail=err.detail)
-                raise ConfigurationError(err.message)
+        with self._cond:
+            while True:
+                if self._metadata is not None:
+                    return self._metadata
+                now = time.monotonic()
+                self._raise_recent_failure(now)
+                if self._fetching_since is None:
+                    self._fetching_since = now  # this caller fetches
+                    break
+                remaining = self._fetching_since + self.fetch_budget - now
+                if remaining <= 0:
+                    raise ProviderUnavailableError(
+                        "identity provider is not answering",
+                        detail=f"discovery from {self.settings.discovery_url} still in flight after "
+                               f"{self.fetch_budget:g}s",
+                    )
+                self._cond.wait(remaining)  # share the outcome of the fetch in flight
+        doc: dict[str, Any] | None = None
+        error: ProviderUnavailableError | ConfigurationError | None = None
+        try:
             try:
-                doc = self._fetch()
-                self._configure(doc)
+                doc = self._configure(self._fetch())
             except (ProviderUnavailableError, ConfigurationError) as failed:
-                self._failed_at, self._error = now, failed
-                raise
-            self._metadata = doc
-            self._error = None
-            return doc
+                error = failed
+        finally:
+            with self._cond:
+                self._fetching_since = None
+                if doc is not None:
+                    self._metadata, self._error, self._failed_at = doc, None, None
+                else:
+                    self._error = error or ProviderUnavailableError(
+                        "identity provider discovery failed", detail="unexpected error while configuring"
+                    )
+                    self._failed_at = time.monotonic()  # the fail-fast window starts now, not at the start
+                self._cond.notify_all()
+        if error is not None:
+            raise error
+        assert doc is not None
+        return doc
+
+    def _raise_recent_failure(self, now: float) -> None:
+        err = self._error
+        if err is None or self._failed_at is None or now - self._failed_at >= DISCOVERY_RETRY_INTERVAL:
+            return
+        if isinstance(err, ProviderUnavailableError):
+            raise ProviderUnavailableError(err.message, detail=err.detail)
+        raise ConfigurationError(err.message)
 
     def _fetch(self) -> dict[str, Any]:
         url = self.settings.discovery_url
+        timeout = self.settings.http_timeout
         self.fetch_count += 1
+        deadline = time.monotonic() + 2 * timeout  # a trickling server is cut off here
         try:
             with http_client(url, self._http) as http, http.get(  # loopback http: never via a proxy
-                url, timeout=self.settings.http_timeout, allow_redirects=False,
-                headers={"Accept": "application/json"}, stream=True,
+                url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}, stream=True,
             ) as resp:
                 if resp.status_code != 200:
                     raise ProviderUnavailableError(
                         "identity provider discovery failed", detail=f"GET {url} answered HTTP {resp.status_code}"
                     )
-                body = bytearray()
-                for chunk in resp.iter_content(chunk_size=65536):
-                    body += chunk
-                    if len(body) > MAX_DISCOVERY_BYTES:
-                        raise ProviderUnavailableError(
-                            "identity provider discovery failed", detail=f"{url} is over {MAX_DISCOVERY_BYTES} bytes"
-                        )
-            doc = json.loads(body)
+                body = read_body(resp, MAX_DISCOVERY_BYTES, deadline, "discovery document")
+            doc = strict_json_loads(body)  # no duplicate keys, no runaway nesting
         except requests.RequestException as err:
             raise ProviderUnavailableError(
                 "identity provider is unreachable", detail=f"GET {url}: {type(err).__name__}: {err}"
             ) from err
-        except ValueError as err:
+        except ValueError as err:  # too large, too slow, not strict JSON
             raise ProviderUnavailableError(
-                "identity provider discovery failed", detail=f"{url} is not JSON: {err}"
+                "identity provider discovery failed", detail=f"{url}: {err}"
             ) from err
         if not isinstance(doc, dict):
             raise ProviderUnavailableError("identity provider discovery failed", detail=f"{url} is not a JSON object")
         return doc
 
-    def _configure(self, doc: dict[str, Any]) -> None:
+    def _configure(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Check ``doc`` and build the verifiers; returns the document to use (optional
+        endpoints that could not be used safely removed, with a warning).
+
+        :raises ConfigurationError: the document does not fit the configuration, or is malformed.
+        """
         s, p = self.settings, self.settings.prefix
+        where = s.discovery_url
         if doc.get("issuer") != s.issuer:
             raise ConfigurationError(
-                f"the discovery document at {s.discovery_url} names issuer {doc.get('issuer')!r}, not "
+                f"the discovery document at {where} names issuer {_show(doc.get('issuer'))}, not "
                 f"{s.issuer!r}: set {p}ISSUER to the exact issuer (mind the trailing slash)"
             )
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             value = doc.get(key)
             if not isinstance(value, str):
-                raise ConfigurationError(f"the discovery document at {s.discovery_url} has no {key}")
-            _check_url(f"{key} (from {s.discovery_url})", value)
-        pkce = doc.get("code_challenge_methods_supported")
-        if isinstance(pkce, list) and "S256" not in pkce:
+                raise ConfigurationError(f"the discovery document at {where} has no {key}")
+            _check_url(f"{key} (from {where})", value)
+        pkce = _string_list(doc, "code_challenge_methods_supported", where)
+        if pkce is not None and "S256" not in pkce:
             raise ConfigurationError(f"the identity provider at {s.issuer!r} does not support PKCE with S256")
-        algs = doc.get("id_token_signing_alg_values_supported")
-        if isinstance(algs, list) and not set(algs) & set(s.algorithms):
+        algs = _string_list(doc, "id_token_signing_alg_values_supported", where)
+        if algs is not None and not set(algs) & set(s.algorithms):
             raise ConfigurationError(
                 f"the identity provider signs ID tokens with {algs!r}: set {p}ALGORITHMS to the one it uses"
             )
-        end = doc.get("end_session_endpoint")
-        if end is not None and not isinstance(end, str):
-            raise ConfigurationError(f"the discovery document at {s.discovery_url} has an invalid end_session_endpoint")
+        doc = dict(doc)
+        for key, consequence in _OPTIONAL_ENDPOINTS.items():
+            value = doc.get(key)
+            if value is not None and not _usable_endpoint(value):
+                # the client secret, a refresh token or an ID token would travel in clear (or
+                # to a URL that parsers read differently): treated as absent
+                log.warning(
+                    "%s: ignoring the discovery document's %s %s: not an https:// URL (plain http only on "
+                    "loopback); %s", s.issuer, key, _show(value), consequence,
+                )
+                del doc[key]
         self.id_verifier = OIDCVerifier(
             s.issuer_config(audience=s.client_id, azp=s.client_id, jwks_uri=doc["jwks_uri"]), session=self._http
         )
@@ -375,6 +518,7 @@ class _Discovery:
             self.access_verifier = OIDCVerifier(
                 s.issuer_config(audience=s.audience, jwks_uri=doc["jwks_uri"]), session=self._http
             )
+        return doc
 
     def id_tokens(self) -> OIDCVerifier:
         """:raises ProviderUnavailableError: discovery failed (a bad document is logged)."""
@@ -395,6 +539,30 @@ class _Discovery:
             raise ProviderUnavailableError("identity provider is misconfigured", detail=err.message) from err
 
 
+@dataclass(frozen=True)
+class _Refreshed:
+    """A successful refresh: the new ID token, its claims and the refresh token to keep."""
+
+    id_token: str = field(repr=False)
+    claims: Claims = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+
+
+#: what a refresh came to: new tokens, "transient" (keep the current ID token until it expires)
+#: or "refused" (sign the user out)
+_Outcome = _Refreshed | str
+
+
+class _RefreshFlight:
+    """One refresh in flight for one refresh token; requests of the same session share it."""
+
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: _Outcome = "transient"
+
+
 class OIDCProvider(IdentityProvider):
     """A generic OpenID Connect identity provider (redirect sign-in, bearer access tokens).
 
@@ -411,6 +579,9 @@ class OIDCProvider(IdentityProvider):
         super().__init__(self.discovery)
         self._client: FlaskOAuth2App | None = None
         self._client_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshing: dict[str, _RefreshFlight] = {}  # by SHA-256 of the refresh token
+        self._refresh_failed_at: float | None = None  # time.monotonic() of the last transient failure
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OIDCProvider:
@@ -473,13 +644,36 @@ class OIDCProvider(IdentityProvider):
             return None
         verifier = self.discovery.access_tokens()
         if verifier is not None:
-            return verifier.verify(token, now=now)
+            claims = verifier.verify(token, now=now)
+            if claims is not None and self.settings.audience == self.settings.client_id:
+                self._refuse_id_token(token, claims)
+            return claims
         if self.discovery.id_tokens().verify(token, now=now) is None:
             return None
         raise InvalidCredentialError(
             "bearer tokens are not accepted",
             detail=f"set {self.settings.prefix}AUDIENCE to accept API access tokens",
         )
+
+    def _refuse_id_token(self, token: str, claims: Claims) -> None:
+        """With ``AUDIENCE`` equal to the client id (Entra ID v2 apps that expose their own
+        API), ``aud`` cannot tell an access token from an ID token: a bearer token must then
+        show that it is an access token (``typ`` ``at+jwt`` (RFC 9068), or a ``scp``/``scope``
+        claim) and carry none of the ID-token-only claims (``nonce``, ``at_hash``, ``c_hash``,
+        ``s_hash``).
+
+        :raises InvalidCredentialError: it may be an ID token.
+        """
+        typ = _unverified_header(token).get("typ")
+        is_at_jwt = isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt")
+        scoped = isinstance(claims.get("scp"), (str, list)) or isinstance(claims.get("scope"), str)
+        id_claims = [name for name in _ID_TOKEN_CLAIMS if name in claims]
+        if id_claims or not (is_at_jwt or scoped):
+            raise InvalidCredentialError(
+                "ID tokens are not accepted as bearer tokens",
+                detail=f"{self.settings.prefix}AUDIENCE equals the client id, and the token "
+                       + (f"carries {id_claims}" if id_claims else "has neither typ at+jwt nor a scp/scope claim"),
+            )
 
     def _owns(self, token: str) -> bool:
         """Whether ``token`` names this issuer (routing only, before any network call).
@@ -548,38 +742,79 @@ class OIDCProvider(IdentityProvider):
         session[self.session_key] = get_state().sealer.seal(self.seal_purpose, blob)
 
     def _refresh(self, stored: dict[str, Any], now: float) -> str | None:
+        """Refresh the session's ID token at the token endpoint: at most one refresh in flight
+        per refresh token (the session's other requests share it), and none for
+        :data:`REFRESH_RETRY_INTERVAL` seconds after a transient failure (the current ID token
+        is then returned as it is: an expired one is still refused by verification)."""
+        key = hashlib.sha256(str(stored["rt"]).encode()).hexdigest()
+        with self._refresh_lock:
+            failed_at = self._refresh_failed_at
+            if failed_at is not None and time.monotonic() - failed_at < REFRESH_RETRY_INTERVAL:
+                return str(stored["id"])  # the token endpoint failed moments ago: no new attempt now
+            flight = self._refreshing.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._refreshing[key] = _RefreshFlight()
+        if not leader:
+            if stored["exp"] > now:
+                return str(stored["id"])  # still valid: go on with it while the other request refreshes
+            flight.done.wait(self.discovery.fetch_budget + self.settings.http_timeout)
+            return self._apply_refresh(stored, flight.outcome if flight.done.is_set() else "transient")
+        try:
+            flight.outcome = self._refresh_at_idp(stored, now)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.pop(key, None)
+            flight.done.set()
+        return self._apply_refresh(stored, flight.outcome)
+
+    def _refresh_at_idp(self, stored: dict[str, Any], now: float) -> _Outcome:
+        """One refresh grant, its answer checked; never raises for what the IdP answers."""
         try:
             client = self.oauth_client()
             token = client.fetch_access_token(grant_type="refresh_token", refresh_token=stored["rt"], scope=None)
         except ProviderUnavailableError as err:
             log.warning("%s: cannot refresh the ID token now: %s", self.name, err.detail)
-            return str(stored["id"])  # still usable until it expires; verification decides
-        except requests.RequestException as err:  # timeout, 5xx page: transient, try next time
-            log.warning("%s: cannot refresh the ID token now: %s", self.name, type(err).__name__)
-            return str(stored["id"])
+            return self._refresh_failed()
         except _OAUTH_ERRORS as err:
+            if _transient(err):  # timeout, 5xx page: try again after a while
+                log.warning("%s: cannot refresh the ID token now: %s", self.name, type(err).__name__)
+                return self._refresh_failed()
             log.info("%s: ID token refresh failed (%s %s); signing the user out", self.name,
                      type(err).__name__, getattr(err, "error", ""))
-            session.pop(self.session_key, None)
-            return None
+            return "refused"
         id_token = token.get("id_token") if isinstance(token, dict) else None
         if not isinstance(id_token, str):
             log.info("%s: the refresh response has no ID token; signing the user out", self.name)
-            session.pop(self.session_key, None)
-            return None
+            return "refused"
         try:
             claims = self.verify_id_token(id_token, now=now)
+        except ProviderUnavailableError as err:  # the IdP's keys cannot be fetched: an outage
+            log.warning("%s: cannot verify the refreshed ID token now: %s", self.name, err.detail)
+            return self._refresh_failed()
         except IdentityError as err:
             log.info("%s: refreshed ID token refused: %s", self.name, err.detail)
-            session.pop(self.session_key, None)
-            return None
+            return "refused"
         if claims is None or claims.get("sub") != stored["sub"]:
             log.warning("%s: refreshed ID token is for another issuer or subject; signing the user out", self.name)
+            return "refused"
+        rotated = token.get("refresh_token")
+        return _Refreshed(id_token, claims, rotated if isinstance(rotated, str) else stored["rt"])
+
+    def _refresh_failed(self) -> str:
+        with self._refresh_lock:
+            self._refresh_failed_at = time.monotonic()  # from when it failed
+        return "transient"
+
+    def _apply_refresh(self, stored: dict[str, Any], outcome: _Outcome) -> str | None:
+        """Put a refresh's outcome into this request's session."""
+        if isinstance(outcome, _Refreshed) and outcome.claims.get("sub") == stored["sub"]:
+            self._store(outcome.id_token, outcome.claims, outcome.refresh_token)
+            return outcome.id_token
+        if outcome == "refused":
             session.pop(self.session_key, None)
             return None
-        rotated = token.get("refresh_token")
-        self._store(id_token, claims, rotated if isinstance(rotated, str) else stored["rt"])
-        return id_token
+        return str(stored["id"])  # transient: still usable until it expires; verification decides
 
     # -- Authlib -------------------------------------------------------------------------
     def oauth_client(self) -> FlaskOAuth2App:
@@ -587,10 +822,13 @@ class OIDCProvider(IdentityProvider):
 
         :raises ProviderUnavailableError: discovery failed.
         """
+        client = self._client
+        if client is not None:
+            return client
+        self.discovery.id_tokens()  # discovery (outside the lock), with a clear error
+        metadata = self.discovery.metadata()
         with self._client_lock:
             if self._client is None:
-                self.discovery.id_tokens()  # discovery, with a clear error
-                metadata = self.discovery.metadata()
                 s = self.settings
                 self._client = FlaskOAuth2App(
                     FlaskIntegration(self.blueprint_name),
@@ -644,6 +882,10 @@ class OIDCProvider(IdentityProvider):
             return None
         if not endpoint:
             return None
+        if not _usable_endpoint(endpoint):  # never the ID token to a plain-http URL
+            log.warning("%s: signing out locally only: end_session_endpoint %s is not https",
+                        self.name, _show(endpoint))
+            return None
         params = {"client_id": self.settings.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
         if id_token_hint:
             params = {"id_token_hint": id_token_hint, **params}
@@ -672,7 +914,11 @@ class OIDCProvider(IdentityProvider):
         except (ProviderUnavailableError, ConfigurationError) as err:
             log.warning("%s: refresh token not revoked at sign-out: %s", self.name, getattr(err, "detail", err.message))
             return False
-        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+        if endpoint is None:
+            return False
+        if not isinstance(endpoint, str) or not _usable_endpoint(endpoint):  # never the secret in clear
+            log.warning("%s: refresh token not revoked at sign-out: revocation_endpoint %s is not https",
+                        self.name, _show(endpoint))
             return False
         s = self.settings
         data = {"token": refresh_token, "token_type_hint": "refresh_token"}
@@ -703,6 +949,10 @@ class OIDCProvider(IdentityProvider):
             log.warning("%s: sign-in unavailable: %s", self.name, err.detail)
             return _page(503, "Sign-in is temporarily unavailable. Please try again shortly.")
         except _OAUTH_ERRORS as err:
+            if _transient(err):  # the IdP is down or overloaded: not the user's doing
+                log.warning("%s: sign-in unavailable: the token endpoint failed (%s)", self.name, type(err).__name__)
+                return _page(503, "Sign-in is temporarily unavailable. Please try again shortly.",
+                             retry=url_for(f"{self.blueprint_name}.login"))
             log.info("%s: sign-in callback refused (%s %s)", self.name, type(err).__name__, getattr(err, "error", ""))
             return _page(400, "Sign-in failed or was cancelled.", retry=url_for(f"{self.blueprint_name}.login"))
         id_token = token.get("id_token") if isinstance(token, dict) else None
@@ -721,10 +971,75 @@ class OIDCProvider(IdentityProvider):
         refresh = token.get("refresh_token")
         self._store(id_token, claims, refresh if isinstance(refresh, str) else None)
         target = safe_next(session.pop(f"{self.session_key}_next", None))
+        _drop_stale_logins(self.blueprint_name, keep=0)  # signed in: the other tabs' sign-ins are moot
+        if not self._identity_fits_cookie():
+            session.pop(self.session_key, None)
+            return _page(500, "Sign-in cannot be completed: this site cannot store your sign-in. "
+                              "Please contact the site's administrator.")
         regenerate = getattr(current_app.session_interface, "regenerate", None)
         if callable(regenerate):  # server-side sessions (Flask-Session): a new id at sign-in
             regenerate(session)
         return redirect(target)
+
+    # -- cookie sessions -----------------------------------------------------------------
+    def _identity_fits_cookie(self) -> bool:
+        """With Flask's cookie session: whether the session, now holding this sign-in's sealed
+        tokens, leaves room for what it gains afterwards (lockkit's token-service token, the
+        sign-out form token) under :data:`MAX_COOKIE_BYTES`. Browsers drop a larger
+        cookie, and the user would be signed out with no explanation. Logged as an error."""
+        from lockkit.flask import get_state
+
+        size = _cookie_session_bytes(exclude=(get_state().session_key,))
+        if size is None or size + COOKIE_SESSION_RESERVE <= MAX_COOKIE_BYTES:
+            return True
+        log.error(
+            "%s: sign-in refused: the ID and refresh tokens make Flask's cookie session %d bytes, and with "
+            "lockkit's own token (about %d more) it would be over the %d bytes browsers keep in a cookie. "
+            "Keep sessions server-side (Flask-Session), or have the identity provider put fewer claims "
+            "in ID tokens", self.name, size, COOKIE_SESSION_RESERVE, MAX_COOKIE_BYTES,
+        )
+        return False
+
+    def _fit_cookie_session(self) -> None:
+        """With Flask's cookie session, after a sign-in started: keep the cookie under
+        :data:`MAX_COOKIE_BYTES` by dropping the older pending sign-ins of this provider
+        and, if that is not enough, the previous sign-in's tokens (the one starting now replaces
+        them): a cookie over the limit would be dropped whole by the browser, this sign-in too."""
+        size = _cookie_session_bytes()
+        if size is None or size <= MAX_COOKIE_BYTES:
+            return
+        for key in _pending_logins(self.blueprint_name)[:-1]:  # oldest first; the newest is this one
+            session.pop(key, None)
+            size = _cookie_session_bytes() or 0
+            if size <= MAX_COOKIE_BYTES:
+                return
+        if self.session_key in session:
+            session.pop(self.session_key, None)
+            log.warning("%s: the cookie session is full: the previous sign-in's tokens were dropped for the "
+                        "sign-in starting now (keep sessions server-side with Flask-Session)", self.name)
+
+
+def _cookie_session_bytes(exclude: tuple[str, ...] = ()) -> int | None:
+    """The length of the ``Set-Cookie`` header Flask's cookie session would send now (without
+    the session keys in ``exclude``), or ``None`` when sessions are kept elsewhere (Flask-Session
+    and other server-side interfaces: only an id travels)."""
+    interface = current_app.session_interface
+    if not isinstance(interface, SecureCookieSessionInterface):
+        return None
+    app = current_app
+    serializer = interface.get_signing_serializer(app)
+    if serializer is None:
+        return None
+    value = serializer.dumps({k: v for k, v in session.items() if k not in exclude})
+    partitioned = getattr(interface, "get_cookie_partitioned", None)  # Flask >= 3.1
+    header = dump_cookie(
+        interface.get_cookie_name(app), value, expires=interface.get_expiration_time(app, session),
+        path=interface.get_cookie_path(app), domain=interface.get_cookie_domain(app),
+        secure=interface.get_cookie_secure(app), httponly=interface.get_cookie_httponly(app),
+        samesite=interface.get_cookie_samesite(app),
+        partitioned=bool(partitioned(app)) if callable(partitioned) else False, max_size=0,
+    )
+    return len(header.encode("latin-1"))
 
 
 def _page(status: int, message: str, *, retry: str | None = None) -> Response:
@@ -739,9 +1054,9 @@ def _current(name: str) -> OIDCProvider:
     return provider
 
 
-def _drop_stale_logins(client_name: str) -> None:
-    """Keep only the newest few pending sign-ins: Authlib stores one ``state`` entry per
-    visit to the login route, and a cookie session must not grow without bound."""
+def _pending_logins(client_name: str) -> list[str]:
+    """The session keys of Authlib's pending sign-ins (one ``state`` entry per visit to the
+    login route) of this provider, oldest first."""
     prefix = f"_state_{client_name}_"
 
     def expiry(key: str) -> float:
@@ -749,9 +1064,26 @@ def _drop_stale_logins(client_name: str) -> None:
         exp = entry.get("exp") if isinstance(entry, dict) else None
         return float(exp) if isinstance(exp, (int, float)) else 0.0
 
-    pending = sorted((k for k in session if k.startswith(prefix)), key=expiry)
-    for key in pending[: max(0, len(pending) - (MAX_PENDING_LOGINS - 1))]:
+    return sorted((k for k in session if k.startswith(prefix)), key=expiry)
+
+
+def _drop_stale_logins(client_name: str, keep: int = MAX_PENDING_LOGINS - 1) -> None:
+    """Keep only the newest ``keep`` pending sign-ins: a cookie session must not grow without
+    bound."""
+    pending = _pending_logins(client_name)
+    for key in pending[: max(0, len(pending) - keep)]:
         session.pop(key, None)
+
+
+def _slim_pending_logins(client_name: str) -> None:
+    """Drop the authorization URL Authlib keeps in each pending sign-in: the callback needs only
+    the redirect URI, the PKCE verifier and the nonce, and the URL (all the authorization
+    parameters again) is most of the entry's size in a cookie session."""
+    for key in _pending_logins(client_name):
+        entry = session.get(key)
+        data = entry.get("data") if isinstance(entry, dict) else None
+        if isinstance(entry, dict) and isinstance(data, dict) and "url" in data:
+            session[key] = {**entry, "data": {k: v for k, v in data.items() if k != "url"}}
 
 
 def _blueprint(name: str) -> Blueprint:
@@ -767,7 +1099,10 @@ def _blueprint(name: str) -> Blueprint:
         except ProviderUnavailableError as err:
             log.warning("%s: sign-in unavailable: %s", name, err.detail)
             return _page(503, "Sign-in is temporarily unavailable. Please try again shortly.")
-        return client.authorize_redirect(provider.redirect_uri())
+        response = client.authorize_redirect(provider.redirect_uri())
+        _slim_pending_logins(provider.blueprint_name)
+        provider._fit_cookie_session()
+        return response
 
     @bp.get("/callback")
     def callback() -> Any:
