@@ -791,7 +791,7 @@ def _fill_models(models: Sequence[Mapping[str, Any]], slots: list[tuple[int, str
     result = [dict(m) for m in models]
     for (m_i, field), o in zip(slots, outs):
         if isinstance(o, LockkitError):
-            raise type(o)(f"{field}: {o.message}") from o
+            raise type(o)(f"{field}: {o.message}", retryable=o.retryable) from o
         result[m_i][field] = o
     return result
 

@@ -29,13 +29,20 @@ class LockkitError(Exception):
     """
 
     failure_type: FailureType = "ClientInitError"
+    #: True for a passing outage (the key service, token service, identity provider or audit
+    #: log unreachable, sealed or full): the same call may succeed later, and a web app answers
+    #: 503. False for anything about the input itself (tampered, foreign, expired, malformed):
+    #: only then is a value truly unreadable.
+    retryable: bool = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retryable is not None:
+            self.retryable = retryable
 
     def to_failure(self) -> Failure:
-        return Failure(self.failure_type, self.message)
+        return Failure(self.failure_type, self.message, retryable=self.retryable)
 
 
 class ClientInitError(LockkitError):
@@ -58,8 +65,8 @@ class IdentityError(LockkitError):
     failure_type: FailureType = "IdentityError"
     reason = "invalid"
 
-    def __init__(self, message: str, *, detail: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, detail: str | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
         self.detail = detail or message
 
 
@@ -80,6 +87,7 @@ class ProviderUnavailableError(IdentityError):
     user's fault: a web app answers 503, never 401."""
 
     reason = "unavailable"
+    retryable = True
 
 
 class CtsTokenError(LockkitError):
@@ -118,31 +126,36 @@ assert set(ERROR_CLASSES) == set(get_args(FailureType))
 
 
 class Failure:
-    """What went wrong: ``type`` (an error class name) and a ``message`` safe to show."""
+    """What went wrong: ``type`` (an error class name) and a ``message`` safe to show;
+    ``retryable`` when it was a passing outage (see :attr:`LockkitError.retryable`)."""
 
-    __slots__ = ("type", "message")
+    __slots__ = ("type", "message", "retryable")
 
     type: FailureType
     message: str
+    retryable: bool
 
-    def __init__(self, type: FailureType, message: str) -> None:  # noqa: A002 - reference name
+    def __init__(self, type: FailureType, message: str, *, retryable: bool = False) -> None:  # noqa: A002 - reference name
         object.__setattr__(self, "type", type)
         object.__setattr__(self, "message", message)
+        object.__setattr__(self, "retryable", bool(retryable))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Failure is immutable")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Failure) and (self.type, self.message) == (other.type, other.message)
+        return isinstance(other, Failure) and (self.type, self.message, self.retryable) == (
+            other.type, other.message, other.retryable)
 
     def __hash__(self) -> int:
-        return hash((self.type, self.message))
+        return hash((self.type, self.message, self.retryable))
 
     def __repr__(self) -> str:
-        return f"Failure(type={self.type!r}, message={self.message!r})"
+        extra = ", retryable=True" if self.retryable else ""
+        return f"Failure(type={self.type!r}, message={self.message!r}{extra})"
 
     def to_error(self) -> LockkitError:
-        return ERROR_CLASSES[self.type](self.message)
+        return ERROR_CLASSES[self.type](self.message, retryable=self.retryable)
 
     def raise_(self) -> NoReturn:
         raise self.to_error()

@@ -77,7 +77,7 @@ def openbao_latest_version(http: OpenBaoHTTP, app_token: str, config: OpenBaoCon
     try:
         doc = http.call("GET", f"{config.transit_mount}/keys/{key}", token=app_token)
     except BaoUnavailable as err:
-        raise RekeyError(f"OpenBao is unreachable: {err}") from err
+        raise RekeyError(f"OpenBao is unreachable: {err}", retryable=True) from err
     except BaoError as err:
         if err.status == 403:
             raise LockContextError(f"the app token may not read transit key {key} (policy lockkit-app?)") from err
@@ -212,7 +212,7 @@ def rekey_local(
         assert old is not None
         if res.failure is not None:
             err = res.failure.to_error()
-            raise type(err)(f"rekey: a payload of {_where(old)} did not open: {err.message}")
+            raise type(err)(f"rekey: a payload of {_where(old)} did not open: {err.message}", retryable=err.retryable)
         table = client.table(old["i"]["t"])
         field = _field_of(table, old["i"]["c"])
         groups.setdefault((table.table_name, "lc" in old), []).append((i, field, res.data))
@@ -304,7 +304,7 @@ def rekey_openbao(
         try:
             doc = http.call("POST", path, token=app_token, body={"batch_input": [{"ciphertext": k} for k in chunk]})
         except BaoUnavailable as err:
-            raise RekeyError(f"OpenBao is unreachable: {err}") from err
+            raise RekeyError(f"OpenBao is unreachable: {err}", retryable=True) from err
         except BaoError as err:
             if err.status == 403:
                 raise LockContextError(f"the app token may not rewrap under transit key {key} (policy lockkit-app?)") from err

@@ -685,7 +685,7 @@ def test_jwks_down_with_nothing_cached_fails_closed(keyring: Keyring, token_serv
     client = Encryption([users], key_service=LocalKeyService(keyring, verifier), token_service=token_service)
     res = client.encrypt("a@example.com", column="email", table="users").with_lock_context(LockContext(cts_token=token))
     assert res.failure is not None and res.failure.type == "LockContextError"
-    assert "unreachable" in res.failure.message
+    assert "unreachable" in res.failure.message and res.failure.retryable  # an outage: 503, not "sign in again"
 
 
 def test_jwks_errors_keep_cached_keys(served: Served, token_service: EmbeddedTokenService, idp: LocalIssuer) -> None:

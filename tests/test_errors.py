@@ -57,3 +57,21 @@ def test_ok_results_turns_values_into_results_and_errors_into_failures() -> None
     assert out[0] == Result("a") and out[3] == Result.from_error(DecryptionError("tampered"))
     with pytest.raises(AttributeError):
         out[0].data = "b"  # type: ignore[misc]  # still immutable
+
+
+def test_outages_are_retryable_and_faults_of_the_input_are_not() -> None:
+    """``retryable`` tells a passing outage (answer 503, try later) from a value that is truly
+    unreadable; it survives the trip through a Failure and back."""
+    from lockkit.cts.embedded import CtsUnavailableError
+    from lockkit.errors import DecryptionError, ProviderUnavailableError
+
+    assert not DecryptionError("tampered").retryable and not Failure("DecryptionError", "x").retryable
+    assert CtsUnavailableError("down").retryable and ProviderUnavailableError("down").retryable
+    down = DecryptionError("the key service is unavailable", retryable=True)
+    failure = Result.from_error(down).failure
+    assert failure == Failure("DecryptionError", "the key service is unavailable", retryable=True)
+    assert failure != Failure("DecryptionError", "the key service is unavailable")
+    assert "retryable=True" in repr(failure) and "retryable" not in repr(Failure("DecryptionError", "x"))
+    with pytest.raises(DecryptionError) as info:
+        Result.from_error(down).unwrap()
+    assert info.value.retryable and type(info.value) is DecryptionError

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from lockkit import Encryption, LockContext, LockContextError, encrypted_column, encrypted_table
+from lockkit import DecryptionError, Encryption, LockContext, LockContextError, encrypted_column, encrypted_table
 from lockkit.config import OpenBaoConfig
 from lockkit.keys.openbao import (
     OpenBaoHTTP,
@@ -390,6 +390,7 @@ def test_durability_across_a_restart_mid_run(backend: str, tmp_path: Path, idp: 
             res = client.encrypt(f"note {i}", column="body", table=notes).with_lock_context(alice)
             if res.failure is not None:
                 assert res.failure.type == "EncryptionError" and "unavailable" in res.failure.message
+                assert res.failure.retryable  # an outage, not a fault of the value: a web app answers 503
                 return False
             stored[i] = res.unwrap()  # the "row" is written only after encryption succeeded
             return True
@@ -397,6 +398,12 @@ def test_durability_across_a_restart_mid_run(backend: str, tmp_path: Path, idp: 
         assert all(write(i) for i in range(10))
         server.stop()
         assert not any(write(i) for i in range(10, 15))  # outage: clear errors, nothing stored
+        cold = Encryption([notes], key_service=OpenBaoKeyService(config, WORKSPACE), token_service=ts)
+        read = cold.decrypt(stored[0]).with_lock_context(alice).result()
+        assert read.failure is not None and read.failure.type == "DecryptionError" and read.failure.retryable
+        with pytest.raises(DecryptionError) as info:
+            read.unwrap()
+        assert info.value.retryable  # never "this value is damaged": it opens once OpenBao is back
         server.start()
         assert all(write(i) for i in range(15, 25))
         assert sorted(stored) == list(range(10)) + list(range(15, 25))

@@ -40,6 +40,8 @@ class CtsUnavailableError(CtsTokenError):
     """The token service, or the identity provider's keys it needs, could not be reached.
     Its failure type is still ``CtsTokenError``; web apps answer 503 for it."""
 
+    retryable = True
+
 
 def verify_identity_jwt(
     router: IssuerRouter | None, idp_jwt: str, now: float, *, untrusted: str = ""

@@ -378,7 +378,7 @@ class RemoteCtsVerifier:
         self._refresh(now)  # when stale; meanwhile other callers verify with the cached keys
         with self._lock:
             if self._schedule.fetched_at is None:
-                raise LockContextError(UNREACHABLE_MESSAGE) from self._last_error
+                raise LockContextError(UNREACHABLE_MESSAGE, retryable=True) from self._last_error
             if self._verifier is None or self._verifier_generation != self._generation:
                 self._building = True
                 try:

@@ -380,7 +380,7 @@ class OpenBaoKeyService:
                     out[i] = ColumnKey("index", m)
         except BaoUnavailable as err:
             self._audit_denial(keyset, requests, None, "key service unavailable", now)
-            raise err_cls(f"the key service is unavailable: {err}") from err
+            raise err_cls(f"the key service is unavailable: {err}", retryable=True) from err
         except BaoError as err:
             if err.status == 403:
                 self._audit_denial(keyset, requests, None, "OpenBao refused the token (403)", now)
