@@ -16,7 +16,10 @@ size, MACed, so that cutting entries off the end is detected too. The head is on
 object padded to a fixed size and rewritten in place with a single ``pwrite`` at offset 0 (one
 sector: a process killed mid-write cannot leave half of it). Writers take an exclusive
 ``flock`` on ``<log>.lock``, so threads and processes append to one valid chain; every writer
-re-reads the head under the lock.
+re-reads the head under the lock. Readers never hold the lock for long: ``verify`` takes the
+head under it and checks the committed prefix after releasing it, and the queries read only
+committed bytes, streamed (``who_accessed`` / ``accessed_by`` with a ``limit`` read backwards
+from the end).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives import hashes, hmac
 
@@ -99,6 +102,12 @@ class AuditError(LockkitError):
     """The audit sink could not record an event; with fail-closed auditing no key is released."""
 
 
+#: how the message of the error a refused key release raises (an ``EncryptionError`` or a
+#: ``DecryptionError``, whose message is all that survives a :class:`~lockkit.errors.Result`)
+#: begins when the audit sink could not record the release: an outage, not a bad value
+NOT_RECORDED = "the audit log could not record the key release"
+
+
 class AuditSink(Protocol):
     """Where events go. ``write`` must raise if it could not record them."""
 
@@ -134,8 +143,7 @@ class Auditor:
                     self._abort(done, sink, events)
                     if fatal:
                         raise  # the release is refused anyway: the key service never returns
-                    raise AuditError(f"the audit log could not record the key release ({type(err).__name__}); "
-                                     "no key was released") from err
+                    raise AuditError(f"{NOT_RECORDED} ({type(err).__name__}); no key was released") from err
 
     @staticmethod
     def _abort(done: Sequence[AuditSink], failed: AuditSink, events: Sequence[AuditEvent]) -> None:
@@ -197,7 +205,7 @@ def record_release(
     each covers) before its keys are handed out.
 
     :raises EncryptionError | DecryptionError: the sink failed and auditing is fail-closed:
-        no key is released.
+        no key is released. The message begins with :data:`NOT_RECORDED`.
     """
     events = auditor.events(workspace=workspace, keyset=keyset, backend=backend, requests=grants,
                             outcome="granted", subject=subject, namespace=namespace, now=now)
@@ -214,7 +222,9 @@ def record_release(
 
         cls = DecryptionError if any(r.purpose == "decrypt" for r in grants) or any(
             r.purpose == "decrypt" for r, _ in denials) else EncryptionError
-        raise cls(err.message) from err
+        # begins with NOT_RECORDED; an outage (a full disk), not a fault of the values: apps answer 503
+        refused = cls(err.message, retryable=True)
+        raise refused from err
 
 
 def _canonical(value: Any) -> bytes:
@@ -404,92 +414,143 @@ class AuditLog:
         self._head_cache = (raw, (seq, digest, size))
 
     def verify(self) -> Verification:
-        """Check the whole file: every entry's MAC, the chain, and the head; name the first bad
-        entry. Detects edited, deleted, inserted, reordered and forged entries, cut tails, and
-        bytes after the committed end (appended lines, or an interrupted write). Holds the
-        writers' lock while it reads."""
-        with self._locked():
-            return self._verify()
+        """Check the log: every entry's MAC, the chain, and the head; name the first bad entry.
+        Detects edited, deleted, inserted, reordered and forged entries, cut tails, and bytes
+        after the committed end (appended lines, or an interrupted write).
 
-    def _verify(self) -> Verification:
-        try:
-            head = self._read_head()
-        except AuditError as err:
-            reason = ("head file missing: the end of the log cannot be checked" if "missing" in err.message
-                      else "head MAC mismatch: the head was edited or forged" if "MAC" in err.message
-                      else "head file unreadable")
-            return Verification(False, 0, Problem(0, None, reason))
+        The head and the log's length are read under the writers' lock; the entries are then
+        read (streamed, in blocks) without it, so key releases go on during a long check. That
+        is sound because writers only append: the committed bytes never change, and a writer
+        truncates only bytes past the committed end. Entries appended meanwhile are not
+        covered (the result is about the log as it was when the check began). A log with bytes
+        past its committed end, which the next writer would drop, is checked under the lock."""
+        with self._locked():
+            try:
+                head = self._read_head()
+            except AuditError as err:
+                reason = ("head file missing: the end of the log cannot be checked" if "missing" in err.message
+                          else "head MAC mismatch: the head was edited or forged" if "MAC" in err.message
+                          else "head file unreadable")
+                return Verification(False, 0, Problem(0, None, reason))
+            try:
+                length = os.stat(self.path).st_size
+            except FileNotFoundError:
+                length = 0
+            except OSError as err:
+                return Verification(False, 0, Problem(1, None, f"log unreadable ({type(err).__name__})"))
+            if length != head[2]:  # not as a writer leaves it: the next writer would change the tail
+                return self._verify(head, length)
+        return self._verify(head, length)
+
+    def _verify(self, head: tuple[int, str, int], length: int) -> Verification:
+        """Verify the log's first ``length`` bytes against ``head``."""
         h_seq, h_hash, h_size = head
+        prev, seq, n, read, committed_lines = GENESIS, 0, 0, 0, 0
         try:
-            data = self.path.read_bytes()
+            fh = open(self.path, "rb")
         except FileNotFoundError:
-            data = b""
+            fh = None
         except OSError as err:
             return Verification(False, 0, Problem(1, None, f"log unreadable ({type(err).__name__})"))
         try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            return Verification(False, 0, Problem(1, None, "log is not UTF-8 text"))
-        prev, seq, n = GENESIS, 0, 0
-        if text and not text.endswith("\n"):
-            last = text.count("\n") + 1
-            return Verification(False, last - 1, Problem(last, None, "partial last line (truncated mid-entry)"))
-        # entries end with "\n" only; str.splitlines() would also break at U+2028, U+2029
-        # or U+0085, which JSON leaves raw inside strings (a record id, a subject)
-        for n, line in enumerate(text.split("\n")[:-1], start=1):
-            try:
-                entry = json.loads(line)
-                e_seq, e_prev, body, mac = entry["seq"], entry["prev"], entry["event"], entry["mac"]
-            except (ValueError, KeyError, TypeError):
-                return Verification(False, n - 1, Problem(n, None, "not a log entry (malformed JSON)"))
-            if set(entry) != {"seq", "prev", "event", "mac"}:
-                return Verification(False, n - 1, Problem(n, e_seq, "unexpected fields"))
-            if not isinstance(mac, str) or not hmac_equal(mac, self._entry_mac(e_seq, e_prev, body)):
-                return Verification(False, n - 1, Problem(n, e_seq, "MAC mismatch: the entry was edited or forged"))
-            if e_seq != seq + 1:
-                return Verification(False, n - 1, Problem(
-                    n, e_seq, f"sequence jumps from {seq} to {e_seq}: entries were removed, reordered or inserted"))
-            if e_prev != prev:
-                return Verification(False, n - 1, Problem(
-                    n, e_seq, "previous-hash mismatch: an entry before it was removed, reordered or changed"))
-            seq, prev = e_seq, hashlib.sha256(line.encode()).hexdigest()
-        if len(data) < h_size or h_seq > seq:
+            # entries end with "\n" only; str.splitlines() would also break at U+2028, U+2029
+            # or U+0085, which JSON leaves raw inside strings (a record id, a subject)
+            for n, raw in enumerate(_read_lines(fh, length) if fh is not None else (), start=1):
+                read += len(raw)
+                if not raw.endswith(b"\n"):
+                    return Verification(False, seq, Problem(n, None, "partial last line (truncated mid-entry)"))
+                if read <= h_size:
+                    committed_lines = n
+                raw = raw[:-1]
+                try:
+                    line = raw.decode()
+                except UnicodeDecodeError:
+                    return Verification(False, seq, Problem(n, None, "log is not UTF-8 text"))
+                try:
+                    entry = json.loads(line)
+                    e_seq, e_prev, body, mac = entry["seq"], entry["prev"], entry["event"], entry["mac"]
+                except (ValueError, KeyError, TypeError):
+                    return Verification(False, n - 1, Problem(n, None, "not a log entry (malformed JSON)"))
+                if set(entry) != {"seq", "prev", "event", "mac"}:
+                    return Verification(False, n - 1, Problem(n, e_seq, "unexpected fields"))
+                if not isinstance(mac, str) or not hmac_equal(mac, self._entry_mac(e_seq, e_prev, body)):
+                    return Verification(False, n - 1, Problem(n, e_seq, "MAC mismatch: the entry was edited or forged"))
+                if e_seq != seq + 1:
+                    return Verification(False, n - 1, Problem(
+                        n, e_seq, f"sequence jumps from {seq} to {e_seq}: entries were removed, reordered or inserted"))
+                if e_prev != prev:
+                    return Verification(False, n - 1, Problem(
+                        n, e_seq, "previous-hash mismatch: an entry before it was removed, reordered or changed"))
+                seq, prev = e_seq, hashlib.sha256(raw).hexdigest()
+        except OSError as err:
+            return Verification(False, seq, Problem(n + 1, None, f"log unreadable ({type(err).__name__})"))
+        finally:
+            if fh is not None:
+                fh.close()
+        if read < h_size or h_seq > seq:
             return Verification(False, seq, Problem(0, h_seq, f"log ends at seq {seq} but the head records seq {h_seq}: "
                                                       "entries were cut off the end"))
-        if h_seq < seq or len(data) > h_size:
-            at = text[:h_size].count("\n") + 1
-            return Verification(False, h_seq, Problem(at, h_seq + 1, f"{len(data) - h_size} bytes after the committed "
-                                                        f"end (seq {h_seq}): appended entries, or an interrupted write"))
+        if h_seq < seq or read > h_size:
+            return Verification(False, h_seq, Problem(committed_lines + 1, h_seq + 1, f"{read - h_size} bytes after the "
+                                                      f"committed end (seq {h_seq}): appended entries, or an interrupted write"))
         if h_seq != seq or h_hash != prev:
             return Verification(False, seq, Problem(0, h_seq, "the head does not match the last entry"))
         return Verification(True, seq)
 
+    def _committed(self) -> int | None:
+        """The committed size (entries appended after the head was read are not committed yet),
+        or None when there is no readable head (then everything is read: verify says what is
+        wrong)."""
+        try:
+            return self._read_head()[2]
+        except AuditError:
+            return None
+
     def events(self) -> Iterator[tuple[int, AuditEvent]]:
-        """``(seq, event)`` for every committed entry (no MAC or chain check: call
-        :meth:`verify` for that; ``lockkit audit show`` does and warns). Bytes past the size the
-        head commits (a write that was interrupted, or is in progress) are not read.
+        """``(seq, event)`` for every committed entry, oldest first, read as a stream (no MAC
+        or chain check: call :meth:`verify` for that; ``lockkit audit show`` does and warns).
+        Bytes past the size the head commits (a write that was interrupted, or is in progress)
+        are not read.
 
         :raises AuditError: a line is damaged (not an entry).
         """
-        try:  # the head first: entries appended after it was read are not committed yet
-            committed: int | None = self._read_head()[2]
-        except AuditError:
-            committed = None  # no readable head: read everything (verify says what is wrong)
+        committed = self._committed()
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:
             return
         with fh:
-            data = fh.read() if committed is None else fh.read(committed)
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        for n, raw in enumerate(lines, start=1):
-            try:
-                entry = json.loads(raw.decode("utf-8", errors="replace"))
-                yield entry["seq"], AuditEvent.from_dict(entry["event"])
-            except (ValueError, KeyError, TypeError) as err:
-                raise AuditError(f"audit log {self.path}: line {n} is damaged; run `lockkit audit verify`") from err
+            for n, raw in enumerate(_read_lines(fh, committed), start=1):
+                try:
+                    entry = json.loads(raw.decode("utf-8", errors="replace"))
+                    yield entry["seq"], AuditEvent.from_dict(entry["event"])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise AuditError(f"audit log {self.path}: line {n} is damaged; run `lockkit audit verify`") from err
+
+    def _newest(self, needle: bytes) -> Iterator[AuditEvent]:
+        """The committed events whose line holds ``needle`` (the JSON text of a value the
+        caller then checks exactly), newest first. The file is read backwards in blocks: memory
+        stays bounded however long the log, and a caller that stops early reads only the end.
+
+        :raises AuditError: a line holding ``needle`` is damaged.
+        """
+        committed = self._committed()
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            end = size if committed is None else min(committed, size)
+            for offset, raw in _lines_backwards(fh, end, needle):
+                try:
+                    entry = json.loads(raw.decode("utf-8", errors="replace"))
+                    entry["seq"]
+                    ev = AuditEvent.from_dict(entry["event"])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise AuditError(f"audit log {self.path}: the entry at byte {offset} is damaged; "
+                                     "run `lockkit audit verify`") from err
+                yield ev
 
     def query(
         self,
@@ -525,16 +586,111 @@ class AuditLog:
             out.append(ev)
         return out
 
-    def who_accessed(self, table: str, record: str) -> list[AuditEvent]:
+    def who_accessed(self, table: str, record: str, *, limit: int | None = None) -> list[AuditEvent]:
         """Who decrypted ``record`` of ``table``, and when (granted decrypts only; a grant the
-        log later marks ``aborted``, its key release refused after all, is left out)."""
-        found = self.query(table=table, record=str(record), operation="decrypt")
-        aborted = {_same_release(ev) for ev in found if ev.outcome == "aborted"}
-        return [ev for ev in found if ev.outcome == "granted" and _same_release(ev) not in aborted]
+        log later marks ``aborted``, its key release refused after all, is left out).
 
-    def accessed_by(self, subject: str) -> list[AuditEvent]:
-        """Everything ``subject`` did (grants and denials)."""
-        return self.query(subject=subject)
+        :param limit: only the ``limit`` newest, **newest first**; the log is then read from
+            its end and only as far back as needed. Without it: every one, oldest first (the
+            whole log is read, as a stream).
+        """
+        record = str(record)
+        if limit is not None and limit <= 0:
+            return []
+        found: list[AuditEvent] = []
+        aborted: set[tuple[Any, ...]] = set()  # an abort is written after its grant: seen first here
+        for ev in self._newest(_json_text(record)):
+            if ev.table != table or ev.operation != "decrypt" or record not in ev.records:
+                continue
+            if ev.outcome == "aborted":
+                aborted.add(_same_release(ev))
+            elif ev.outcome == "granted" and _same_release(ev) not in aborted:
+                found.append(ev)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found if limit is not None else found[::-1]
+
+    def accessed_by(self, subject: str, *, limit: int | None = None) -> list[AuditEvent]:
+        """Everything ``subject`` did (grants and denials).
+
+        :param limit: only the ``limit`` newest, **newest first**, read from the log's end;
+            without it: every one, oldest first.
+        """
+        if limit is not None and limit <= 0:
+            return []
+        found: list[AuditEvent] = []
+        for ev in self._newest(b'"subject":' + _json_text(subject)):
+            if ev.subject == subject:
+                found.append(ev)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found if limit is not None else found[::-1]
+
+
+#: bytes per read when the log is streamed
+_BLOCK = 1 << 20
+
+
+def _json_text(value: str) -> bytes:
+    """``value`` as the log spells it inside an entry (a JSON string, raw UTF-8)."""
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", errors="surrogatepass")
+
+
+def _read_lines(fh: BinaryIO, end: int | None) -> Iterator[bytes]:
+    """The lines of ``fh``'s first ``end`` bytes (all of it when None), oldest first, each with
+    its ``\\n``; a last line without one (a torn write) is yielded as it is. Reads in blocks."""
+    left = end
+    pending: list[bytes] = []  # the start of a line that continues in the next block
+    while left is None or left > 0:
+        block = fh.read(_BLOCK if left is None else min(_BLOCK, left))
+        if not block:
+            break
+        if left is not None:
+            left -= len(block)
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            pending.append(block)
+            continue
+        data = b"".join(pending) + block[: cut + 1] if pending else block[: cut + 1]
+        pending = [block[cut + 1 :]] if cut + 1 < len(block) else []
+        for line in data[:-1].split(b"\n"):  # on "\n" only (bytes.splitlines would also cut at "\r")
+            yield line + b"\n"
+    if pending:
+        yield b"".join(pending)
+
+
+def _lines_backwards(fh: BinaryIO, end: int, needle: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line without its newline)`` for the lines of ``fh``'s first ``end`` bytes that
+    hold ``needle``, newest first. Reads blocks from the end; a block without ``needle`` is
+    skipped unparsed."""
+    pos = end
+    tail: list[bytes] = []  # bytes after pos up to the oldest line handled so far (no "\n"), newest first
+    while pos > 0:
+        n = min(_BLOCK, pos)
+        pos -= n
+        fh.seek(pos)
+        block = fh.read(n)
+        if len(block) != n:  # cut while read: the rest is read no more
+            raise AuditError("the audit log became shorter while it was read; run `lockkit audit verify`")
+        start = pos
+        if pos > 0:
+            cut = block.find(b"\n")
+            if cut < 0:
+                tail.append(block)
+                continue
+            data = block[cut + 1 :] + b"".join(reversed(tail))
+            tail = [block[:cut]]
+            start = pos + cut + 1
+        else:
+            data = block + b"".join(reversed(tail))
+        if needle not in data:
+            continue
+        stop = start + len(data)
+        for line in reversed(data.split(b"\n")):
+            first = stop - len(line)
+            if needle in line:
+                yield first, line
+            stop = first - 1
 
 
 def _same_release(ev: AuditEvent) -> tuple[Any, ...]:

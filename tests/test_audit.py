@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import pytest
 from lockkit import Encryption, LockContext, encrypted_column, encrypted_table
 from lockkit.audit import AuditContext, AuditEvent, AuditLog, Auditor, audit_key, current_context
 from lockkit.cts.embedded import EmbeddedTokenService
-from lockkit.errors import DecryptionError, EncryptionError, LockContextError, LockkitError
+from lockkit.errors import DecryptionError, EncryptionError, LockContextError
 from lockkit.identity import CtsToken
 from lockkit.keys import ColumnKey, KeyRequest, Lock
 from lockkit.keys.keyring import Keyring
@@ -505,6 +506,28 @@ def test_failing_sink_releases_no_key(
     assert sink.calls == 6
 
 
+
+def test_a_refusal_for_a_failing_sink_says_so_as_an_outage(
+    backend: str, make_client: Callable[..., Encryption], log: AuditLog, ident: Callable[[str], LockContext]
+) -> None:
+    """A release refused because the audit log could not record it is an outage, not a bad
+    value: its message begins with ``NOT_RECORDED`` (what an app tests to answer "temporarily
+    unavailable"), and it is retryable."""
+    from lockkit.audit import NOT_RECORDED
+
+    alice = ident("alice")
+    p = make_client(log).encrypt("secret text", column="body", table="notes").with_lock_context(alice).unwrap()
+    bad = make_client(BrokenSink())
+    for op in (bad.decrypt(p), bad.bulk_decrypt_models([{"body": p}], "notes"),
+               bad.encrypt("x", column="body", table="notes"), bad.encrypt_query("secret", column="title", table="notes")):
+        failure = op.with_lock_context(alice).result().failure
+        assert failure is not None and failure.message.startswith(NOT_RECORDED), failure
+        assert failure.retryable is True
+    tampered = {**p, "c": p["c"][:-4] + ("AAAA" if not p["c"].endswith("AAAA") else "BBBB")}
+    failure = make_client(log).decrypt(tampered).with_lock_context(alice).result().failure
+    assert failure is not None and NOT_RECORDED not in failure.message
+    assert failure.retryable is False
+
 class InterruptingSink:
     def write(self, events: Any) -> None:
         raise KeyboardInterrupt  # or a green thread's timeout: not an Exception
@@ -908,6 +931,161 @@ def test_two_processes_append_one_valid_chain(tmp_path: Path, keyring: Keyring) 
     assert [s for s, _ in log.events()] == list(range(1, 2 * per + 1))
     for label in ("proc-a", "proc-b"):
         assert sorted(e.records[0] for e in evs if e.subject == label) == sorted(f"{label}-{i}" for i in range(per))
+
+
+def _event(subject: str, record: str, *, t: float, outcome: str = "granted", operation: str = "decrypt",
+           column: str = "body") -> AuditEvent:
+    return AuditEvent(t, WORKSPACE, "default", "local", operation, "notes", column, 1, outcome, subject,
+                      reason=None if outcome == "granted" else "why", records=(record,))
+
+
+def test_verify_does_not_block_writers(ten: AuditLog, keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify() reads the head and the log's length under the writers' lock, then checks the
+    entries without it: appends (key releases) go on while a verification is half-way through,
+    through the same AuditLog (its thread lock) and another one on the file (the file lock).
+    The verification covers the log as it was when it began."""
+    in_scan, go = threading.Event(), threading.Event()
+    real_mac = ten._entry_mac
+
+    def pausing_mac(seq: int, prev: str, event: dict[str, Any]) -> str:
+        if threading.current_thread().name == "verifier" and seq == 5:
+            in_scan.set()  # half-way through the entries
+            go.wait(60)
+        return real_mac(seq, prev, event)
+
+    monkeypatch.setattr(ten, "_entry_mac", pausing_mac)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    verifier = threading.Thread(target=lambda: results.append(ten.verify()), name="verifier")
+    verifier.start()
+    try:
+        assert in_scan.wait(60)
+
+        def append(log: AuditLog, sub: str) -> None:
+            try:
+                log.write([_event(sub, "1", t=time.time())])
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        writers = [threading.Thread(target=append, args=(lg, sub))
+                   for lg, sub in ((ten, "same-object"), (AuditLog(ten.path, audit_key(keyring)), "other-object"))]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(timeout=20)  # a deadlock guard, not a speed limit: blocked writers never finish
+        assert not any(w.is_alive() for w in writers), "an append waited for verify()"
+        assert verifier.is_alive() and results == []  # still paused half-way
+    finally:
+        go.set()
+        verifier.join(60)
+    assert errors == []
+    assert results[0].ok and results[0].entries == 10, results[0].problem  # the log as it began
+    after = ten.verify()
+    assert after.ok and after.entries == 12, after.problem
+    assert [e.subject for e in events(ten)][-2:] in (["same-object", "other-object"], ["other-object", "same-object"])
+
+
+def test_verify_while_threads_append_sees_a_valid_chain_every_time(tmp_path: Path, keyring: Keyring) -> None:
+    path = tmp_path / "audit.log"
+    logs = [AuditLog(path, audit_key(keyring)) for _ in range(2)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(150):
+                logs[n % 2].write([_event(f"u{n}", f"{n}-{i}", t=time.time())])
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    seen: list[int] = []
+    while any(t.is_alive() for t in threads) or not seen:
+        result = logs[len(seen) % 2].verify()
+        assert result.ok, result.problem
+        seen.append(result.entries)
+    for t in threads:
+        t.join()
+    stop.set()
+    assert errors == [] and seen == sorted(seen)
+    assert logs[0].verify().entries == 600
+
+
+def test_who_accessed_and_accessed_by_with_a_limit_read_the_newest_from_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``limit``: the newest entries, newest first, with the same rules as without (granted
+    decrypts only, aborted grants left out, committed entries only), found without reading
+    the log from its start (``events``, the whole-log reader, is not called)."""
+    log = AuditLog(tmp_path / "audit.log", b"k" * 32)
+    odd = 'n"7\\é\u2028'  # JSON escapes, raw UTF-8 and a line separator in a record id
+    t = 1_700_000_000.0
+    for i in range(60):
+        log.write([_event("alice" if i % 2 else "bob", odd if i % 3 == 0 else f"other-{i}", t=t + i),
+                   _event("carol", odd, t=t + i, operation="encrypt")])
+    refused = _event("mallory", odd, t=t + 100)
+    log.write([refused])
+    log.write([_event("bob", "unrelated", t=t + 101)])  # the abort comes after other entries
+    log.write([replace(refused, outcome="aborted", reason="audit sink failed")])
+    log.write([_event("bob", odd, t=t + 102, outcome="denied")])
+    everything = log.who_accessed("notes", odd)
+    assert len(everything) == 20 and "mallory" not in {e.subject for e in everything}
+    assert [e.time for e in everything] == sorted(e.time for e in everything)  # oldest first without a limit
+    bobs = log.accessed_by("bob")
+    # uncommitted bytes (an interrupted write) are not read
+    forged = json.loads(log.path.read_bytes().split(b"\n")[-2])
+    forged["seq"] += 1
+    forged["event"]["outcome"] = "granted"
+    with open(log.path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+    def whole_log(self: AuditLog) -> Any:
+        raise AssertionError("the whole log was read")
+
+    monkeypatch.setattr(AuditLog, "events", whole_log)
+    newest = log.who_accessed("notes", odd, limit=5)
+    assert newest == everything[::-1][:5] and newest[0].time == t + 57
+    assert log.who_accessed("notes", odd, limit=100) == everything[::-1]
+    assert log.who_accessed("notes", odd, limit=0) == [] and log.who_accessed("notes", "nobody", limit=3) == []
+    assert log.accessed_by("bob", limit=4) == bobs[::-1][:4]
+    assert log.accessed_by("bob", limit=4)[0].outcome == "denied"
+    assert log.accessed_by("bob", limit=1000) == bobs[::-1]
+    assert log.accessed_by("carol", limit=2) == [e for e in log.accessed_by("carol")][::-1][:2]
+
+
+def test_limited_queries_and_verify_read_the_log_in_bounded_memory(tmp_path: Path) -> None:
+    """A 16 MB log: who_accessed / accessed_by with a limit (even one that reads the log back
+    to its start) and verify() stream it in blocks instead of holding it in memory."""
+    import tracemalloc
+
+    log = AuditLog(tmp_path / "audit.log", b"k" * 32)
+    t = 1_700_000_000.0
+    log.write([_event("rare-user", "rare-note", t=t)])
+    batch = [_event(f"user-{i % 50}", f"note-{i}", t=t + 1 + i) for i in range(2000)]
+    while log.path.stat().st_size < 16 << 20:
+        log.write(batch)
+    log.write([_event("alice", "note-7", t=t + 10_000)])
+    size = log.path.stat().st_size
+    bound = 8 << 20  # half the log (reading it whole takes more than all of it)
+
+    def peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+        tracemalloc.start()
+        try:
+            out = fn()
+            return out, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    found, used = peak(lambda: log.who_accessed("notes", "rare-note", limit=10))  # back to the first entry
+    assert [e.subject for e in found] == ["rare-user"] and used < bound, (used, size)
+    found, used = peak(lambda: log.accessed_by("rare-user", limit=10))
+    assert len(found) == 1 and used < bound, (used, size)
+    found, used = peak(lambda: log.who_accessed("notes", "note-7", limit=1))
+    assert [e.subject for e in found] == ["alice"] and used < bound, (used, size)
+    result, used = peak(log.verify)
+    assert result.ok and used < bound, (result, used, size)
 
 
 # -- 5. the app-side API -----------------------------------------------------------------------

@@ -288,6 +288,178 @@ def test_one_or_two_letter_search_shows_the_flash_message(alice: User, alice_not
     assert SHORT_QUERY_MESSAGE in text(resp)
 
 
+# -- bounded work per request: search size, audit-log reads, key-service outages ----------------
+@pytest.fixture
+def audited_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
+    """The example app with lockkit's audit log (as ``lockkit init`` configures it)."""
+    secret, db = request.getfixturevalue("example_env"), request.getfixturevalue("sqlite_path")
+    with example_app(f"sqlite:///{db}", secret, LOCKKIT_AUDIT_LOG=str(tmp_path / "audit.log")) as app:
+        yield app
+
+
+@pytest.fixture
+def audited_alice(audited_app: Flask) -> User:
+    user = User(audited_app, "alice")
+    user.sign_in()
+    user.create(**PLAN)
+    user.create(**SHOP)
+    return user
+
+
+def _entries(app: Flask) -> int:
+    log = get_state(app).audit_log
+    assert log is not None
+    return sum(1 for _ in log.events())
+
+
+def _words(n: int) -> list[str]:
+    """``n`` distinct words of three letters or more."""
+    return [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(n)]
+
+
+def test_a_search_with_too_many_words_or_characters_is_refused_before_any_key_release(
+    audited_app: Flask, audited_alice: User
+) -> None:
+    """Every query word costs two key releases and two audit entries: a query of more than
+    MAX_QUERY_WORDS distinct words or MAX_QUERY_CHARS characters is a 400 with a message, on
+    the page and in the API, and asks for no key (writes nothing to the audit log)."""
+    from examples.flask_clerk.notes import MAX_QUERY_CHARS, MAX_QUERY_WORDS
+
+    ks = get_state(audited_app).key_service
+    before, releases = _entries(audited_app), ks.release_calls
+    too_many = " ".join(_words(MAX_QUERY_WORDS + 1))
+    too_long = "pangolin " + "x" * MAX_QUERY_CHARS  # two words, too many characters
+    for q in (too_many, too_long, " ".join(_words(3000))):
+        page = audited_alice.client.get("/search", query_string={"q": q})
+        assert page.status_code == 400
+        assert f"Search for at most {MAX_QUERY_WORDS} words" in html.unescape(text(page))
+        assert 'id="empty"' not in text(page)
+        api = audited_alice.client.get("/api/notes", query_string={"q": q})
+        assert api.status_code == 400 and api.get_json()["error"] == "query_too_long"
+    assert (_entries(audited_app), ks.release_calls) == (before, releases)
+    # repeated words count once, and short ones are not searched for
+    same = " ".join(["pangolin"] * 20 + ["of"] * 20)
+    assert len(same) <= MAX_QUERY_CHARS
+    assert audited_alice.titles(f"/search?q={same}") == ["Quarterly planning"]
+    assert [n["title"] for n in audited_alice.client.get("/api/notes?q=pangolin").get_json()["notes"]] == [
+        "Quarterly planning"]
+
+
+def test_a_search_of_the_most_words_costs_a_bounded_number_of_key_releases(
+    audited_app: Flask, audited_alice: User
+) -> None:
+    from examples.flask_clerk.notes import MAX_QUERY_WORDS
+
+    ks = get_state(audited_app).key_service
+    before, releases = _entries(audited_app), ks.release_calls
+    words = ["pangolin", "budget", "finance", "quarterly", *_words(MAX_QUERY_WORDS - 4)]
+    assert audited_alice.titles("/search?q=" + "%20".join(words)) == []
+    assert audited_alice.titles("/search?q=" + "%20".join(words[:4])) == ["Quarterly planning"]
+    # two searches: at most two match terms per word, and one decryption of the candidates each
+    assert ks.release_calls - releases <= 2 * (2 * MAX_QUERY_WORDS + 1)
+    assert _entries(audited_app) - before <= 2 * (2 * MAX_QUERY_WORDS + 3)  # a decryption: title, body, tag
+
+
+def test_search_normalises_each_candidate_once(alice: User, alice_notes: dict[str, int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact re-check normalises a candidate's title and body once each, not once per
+    query word (NFKC of a 20,000-character body is not cheap)."""
+    from examples.flask_clerk import notes as notes_module
+
+    calls: list[str] = []
+    real = notes_module.normalise
+
+    def counting(value: str) -> str:
+        calls.append(value)
+        return real(value)
+
+    monkeypatch.setattr(notes_module, "normalise", counting)
+    query = "quarterly planning pangolin migration budget finance discuss"
+    assert alice.titles(f"/search?q={query}") == ["Quarterly planning"]
+    assert 0 < len(calls) <= 2 * len(alice_notes)  # title and body of each candidate, at most
+
+
+def test_a_key_service_or_audit_outage_is_temporarily_unavailable_not_unreadable(
+    audited_app: Flask, audited_alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the audit log cannot record a key release (a full disk: fail-closed auditing), no
+    note is "unreadable, can only be deleted": pages answer 503 "temporarily unavailable", the
+    API 503 JSON, nothing is stored or lost, and everything works again afterwards."""
+    import errno
+
+    from lockkit.audit import AuditLog
+
+    note_id = int(audited_alice.api_notes()[0]["id"])
+
+    def full(self: AuditLog, events: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(AuditLog, "write", full)
+    c = audited_alice.client
+    for path in ("/", f"/notes/{note_id}", f"/notes/{note_id}/edit", "/search?q=pangolin", "/search?tag=household"):
+        page = c.get(path)
+        assert page.status_code == 503, path
+        assert "Temporarily unavailable" in text(page) and 'id="unreadable"' not in text(page), path
+        assert "can only be deleted" not in text(page), path
+    for path in ("/api/notes", f"/api/notes/{note_id}", "/api/notes?q=pangolin"):
+        api = c.get(path)
+        assert api.status_code == 503 and api.get_json()["error"] == "unavailable", path
+    form = form_posting_to(text(c.get("/notes/new")), "/notes")
+    made = c.post("/notes", data={**form.fields, "title": "during the outage", "body": "b", "tags": ""})
+    assert made.status_code == 503 and _count(Path(audited_app.config["DATABASE_URL"].removeprefix("sqlite:///")), "notes") == 2
+    monkeypatch.undo()
+    assert sorted(n["title"] for n in audited_alice.api_notes()) == ["Groceries list", "Quarterly planning"]
+    assert c.get(f"/notes/{note_id}").status_code == 200
+
+
+def test_note_pages_and_history_read_only_the_end_of_the_audit_log_and_do_not_verify_it(
+    audited_app: Flask, audited_alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A note page shows the 10 newest openings and /history the 200 newest events, read from
+    the log's end: neither reads the whole log (``AuditLog.events``) nor verifies it per
+    request (that read all of it while holding the writers' lock)."""
+    from lockkit.audit import AuditLog
+
+    note_id = int(audited_alice.api_notes()[0]["id"])
+    for _ in range(12):
+        assert audited_alice.client.get(f"/api/notes/{note_id}").status_code == 200
+    verified: list[AuditLog] = []
+    real_verify = AuditLog.verify
+
+    def counting_verify(self: AuditLog) -> Any:
+        verified.append(self)
+        return real_verify(self)
+
+    def whole_log(self: AuditLog) -> Any:
+        raise AssertionError("the whole audit log was read")
+
+    monkeypatch.setattr(AuditLog, "verify", counting_verify)
+    monkeypatch.setattr(AuditLog, "events", whole_log)
+    page = text(audited_alice.client.get(f"/notes/{note_id}"))
+    opened = re.findall(r"<li>([^<]*) by alice \((\w+)\)</li>", page)
+    log = get_state(audited_app).audit_log
+    assert log is not None
+    newest = log.who_accessed("notes", str(note_id))[::-1][:10]  # every one (oldest first), reversed
+    assert len(opened) == 10 and [col for _, col in opened] == [ev.column for ev in newest]
+    assert [t for t, _ in opened] == sorted((t for t, _ in opened), reverse=True)
+    history = audited_alice.client.get("/history")
+    assert history.status_code == 200 and verified == []
+    rows = re.findall(r'<tr class="(granted|denied|aborted)">', text(history))
+    assert 10 < len(rows) <= 200
+    assert "has not been verified from this page yet" in text(history)
+    # verifying is an explicit POST, at most once per interval (per process), whoever asks
+    form = form_posting_to(text(history), "/history/verify")
+    done = audited_alice.client.post(form.action, data=form.fields)
+    assert location(done) == "/history" and len(verified) == 1
+    assert "Chain verified at" in text(audited_alice.client.get("/history"))
+    bob = User(audited_app, "bob")
+    bob.sign_in()
+    again = bob.client.post(form.action, data={"csrf_token": bob.csrf("/history")})
+    assert location(again) == "/history" and len(verified) == 1
+    assert "verified less than 60 seconds ago" in text(bob.client.get("/history"))
+    assert bob.client.post(form.action, data={}).status_code == 400  # CSRF-protected
+
+
 # -- what the database holds --------------------------------------------------------------
 def test_database_holds_no_plaintext(alice: User, alice_notes: dict[str, int], sqlite_path: Path) -> None:
     dump = sqlite_dump(sqlite_path)

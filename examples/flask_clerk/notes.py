@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from lockkit import DecryptionError, Encryption, LockContext, encrypted_column, encrypted_table, matches
+from lockkit.errors import EncryptionError, LockkitError
 from lockkit.search import normalise
 from lockkit.search import words as search_words
 
@@ -21,6 +24,9 @@ notes_table = encrypted_table(
 )
 
 MAX_TITLE, MAX_BODY, MAX_TAGS, MAX_TAG = 200, 20_000, 20, 40
+#: a text search: every distinct word (of three or more letters) costs two key releases, one per
+#: column (each an audit-log entry), so a query has a bounded number of words and characters
+MAX_QUERY_WORDS, MAX_QUERY_CHARS = 16, 256
 #: note ids per IN (...) query (PostgreSQL takes at most 65,535 parameters, SQLite builds less)
 _ID_CHUNK = 5000
 
@@ -40,6 +46,45 @@ class Note:
 
 class ValidationError(ValueError):
     pass
+
+
+class NotesUnavailable(Exception):
+    """The key service cannot release keys right now (it is down, or its audit log cannot
+    record the release: fail-closed auditing). Nothing is wrong with the notes: try again
+    later. Not to be confused with a note that does not decrypt (damaged or moved), which
+    shows as unreadable."""
+
+
+def is_outage(err: LockkitError) -> bool:
+    """Was this operation refused because keys could not be released now (the key service or
+    its audit log down, sealed or full), not because of the values? lockkit says so with
+    ``retryable``; only an error that is not retryable makes a note unreadable."""
+    return err.retryable
+
+
+@contextmanager
+def _key_service() -> Iterator[None]:
+    """Turn an outage of the key service (or of its audit log) into :class:`NotesUnavailable`."""
+    try:
+        yield
+    except (EncryptionError, DecryptionError) as err:
+        if is_outage(err):
+            raise NotesUnavailable(err.message) from err
+        raise
+
+
+def query_words(text: str) -> list[str]:
+    """The distinct words (three or more letters, normalised) a text search looks for.
+
+    :raises ValidationError: more than ``MAX_QUERY_CHARS`` characters or ``MAX_QUERY_WORDS``
+        words (checked before any key is asked for).
+    """
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValidationError(f"Search for at most {MAX_QUERY_WORDS} words ({MAX_QUERY_CHARS} characters).")
+    wanted = list(dict.fromkeys(w for w in search_words(text) if len(w) >= 3))
+    if len(wanted) > MAX_QUERY_WORDS:
+        raise ValidationError(f"Search for at most {MAX_QUERY_WORDS} words ({MAX_QUERY_CHARS} characters).")
+    return wanted
 
 
 def clean(title: str, body: str, tags: str) -> tuple[str, str, list[str]]:
@@ -62,10 +107,11 @@ class NoteStore:
         self.db, self.client, self.owner, self.lc = db, client, owner, lock_context
 
     def _encrypt(self, title: str, body: str, tags: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        row = self.client.encrypt_model({"title": title, "body": body}, notes_table).with_lock_context(self.lc).unwrap()
-        tag_payloads = [
-            r.unwrap() for r in self.client.bulk_encrypt(tags, column="tag", table=notes_table).with_lock_context(self.lc).unwrap()
-        ]
+        with _key_service():
+            row = self.client.encrypt_model({"title": title, "body": body}, notes_table).with_lock_context(self.lc).unwrap()
+            tag_payloads = [
+                r.unwrap() for r in self.client.bulk_encrypt(tags, column="tag", table=notes_table).with_lock_context(self.lc).unwrap()
+            ]
         return row, tag_payloads
 
     def create(self, title: str, body: str, tags: list[str], *, now: float | None = None) -> int:
@@ -138,10 +184,12 @@ class NoteStore:
         models = [{"title": loads(r[1]), "body": loads(r[2])} for r in rows]
         models += [{"tag": p} for r in rows for p in tags.get(r[0], [])]
         try:
-            plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=ids).with_lock_context(self.lc).unwrap()
+            with _key_service():
+                plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=ids).with_lock_context(self.lc).unwrap()
         except DecryptionError:
             # some payload did not open (damaged or moved in the database): open the notes one
-            # by one, so that one bad note does not hide the others
+            # by one, so that one bad note does not hide the others (an outage of the key
+            # service is NotesUnavailable instead: no note is to blame)
             return [self._open_one(r, tags.get(r[0], [])) for r in rows]
         opened = iter(m["tag"] for m in plain[len(rows):])
         notes = []
@@ -153,8 +201,9 @@ class NoteStore:
     def _open_one(self, r: tuple[Any, ...], tags: list[dict[str, Any]]) -> Note:
         models = [{"title": loads(r[1]), "body": loads(r[2])}, *({"tag": p} for p in tags)]
         try:
-            plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=[r[0]]).with_lock_context(self.lc).unwrap()
-        except DecryptionError:
+            with _key_service():
+                plain = self.client.bulk_decrypt_models(models, notes_table).audit(records=[r[0]]).with_lock_context(self.lc).unwrap()
+        except DecryptionError:  # this note's own data: tampered with, or moved from elsewhere
             return Note(r[0], "", "", [], r[3], r[4], readable=False)
         return Note(r[0], plain[0]["title"], plain[0]["body"], sorted(m["tag"] for m in plain[1:]), r[3], r[4])
 
@@ -170,8 +219,12 @@ class NoteStore:
         return self._open(rows)[0] if rows else None
 
     def by_tag(self, tag: str) -> list[Note]:
-        term = self.client.encrypt_query(tag.strip().lower(), column="tag", table=notes_table,
-                                         query_type="equality").with_lock_context(self.lc).unwrap()
+        tag = tag.strip().lower()
+        if len(tag) > MAX_TAG:  # no note has such a tag: no key is asked for
+            return []
+        with _key_service():
+            term = self.client.encrypt_query(tag, column="tag", table=notes_table,
+                                             query_type="equality").with_lock_context(self.lc).unwrap()
         with self.db.transaction() as cur:
             ids = [r[0] for r in cur.execute(
                 "SELECT DISTINCT note_id FROM note_tags WHERE owner = ? AND tag_hm = ?", (self.owner, term["hm"])).fetchall()]
@@ -189,15 +242,23 @@ class NoteStore:
         in the body, whole or as part of a word ("plan" finds "planning"); case, accents typed
         either way and punctuation do not matter. Match terms (bloom filters, one per word and
         column) are compared without decrypting; only candidates are decrypted, then re-checked
-        exactly on the same normalised words (bloom filters can over-match)."""
-        wanted = list(dict.fromkeys(w for w in search_words(text) if len(w) >= 3))
+        exactly on the same normalised words (bloom filters can over-match).
+
+        A search asks for at most ``2 * MAX_QUERY_WORDS`` match terms (one key release each:
+        ``encrypt_query`` takes one value) and one decryption of the candidates.
+
+        :raises ValidationError: the query is too long (see :func:`query_words`); no key was
+            asked for.
+        """
+        wanted = query_words(text)
         if not wanted:
             return []
-        terms = [
-            tuple(self.client.encrypt_query(w, column=col, table=notes_table, query_type="match")
-                  .with_lock_context(self.lc).unwrap() for col in ("title", "body"))
-            for w in wanted
-        ]
+        with _key_service():
+            terms = [
+                tuple(self.client.encrypt_query(w, column=col, table=notes_table, query_type="match")
+                      .with_lock_context(self.lc).unwrap() for col in ("title", "body"))
+                for w in wanted
+            ]
         with self.db.transaction() as cur:
             rows = cur.execute("SELECT id, title, body, created_at, updated_at FROM notes WHERE owner = ?"
                                " ORDER BY updated_at DESC, id DESC", (self.owner,)).fetchall()
@@ -206,8 +267,12 @@ class NoteStore:
             title, body = loads(r[1]), loads(r[2])
             if all(matches(t, title) or matches(b, body) for t, b in terms):
                 candidates.append(r)
-        return [n for n in self._open(candidates)
-                if all(w in normalise(n.title) or w in normalise(n.body) for w in wanted)]
+        found = []
+        for n in self._open(candidates):
+            title, body = normalise(n.title), normalise(n.body)  # once per note, not once per word
+            if all(w in title or w in body for w in wanted):
+                found.append(n)
+        return found
 
     def raw(self) -> list[dict[str, Any]]:
         """What the database holds for this owner (the "what the database sees" page)."""

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
@@ -13,9 +17,17 @@ from lockkit.flask import current_claims, current_lock_context, end_session, get
 from lockkit.provider import safe_next
 
 from .db import Database
-from .notes import NoteStore, ValidationError, clean, notes_table
+from .notes import MAX_QUERY_CHARS, NotesUnavailable, NoteStore, ValidationError, clean, notes_table, query_words
 
 bp = Blueprint("notes", __name__)
+log = logging.getLogger(__name__)
+
+#: what a note page and /history show of the audit log: the newest entries only, read from the
+#: log's end (never the whole log per request)
+OPENED_SHOWN, HISTORY_SHOWN = 10, 200
+#: the least time between two audit-log verifications asked for from /history (per process);
+#: ``NOTES_AUDIT_VERIFY_INTERVAL`` in the app config changes it
+AUDIT_VERIFY_INTERVAL = 60.0
 
 
 def store() -> NoteStore:
@@ -48,6 +60,19 @@ def clerk_js_url(publishable_key: str) -> str:
     if not host or "/" in host:
         return ""
     return f"https://{host}/npm/@clerk/clerk-js@6/dist/clerk.browser.js"
+
+
+@bp.errorhandler(NotesUnavailable)
+def notes_unavailable(err: NotesUnavailable) -> Any:
+    """Keys cannot be released right now (the key service is down, or its audit log cannot
+    record the release): a 503, not "unreadable" — the notes are intact."""
+    log.warning("notes unavailable: %s", err)
+    headers = {"Retry-After": "30"}
+    if request.path.startswith("/api/"):
+        return jsonify(error="unavailable", message="your notes are temporarily unavailable; try again shortly"), 503, headers
+    return render_template("error.html", heading="Temporarily unavailable",
+                           message="Your notes are temporarily unavailable: the key service cannot release "
+                                   "keys (or record that it did) right now. Nothing was lost; try again shortly."), 503, headers
 
 
 @bp.get("/")
@@ -110,9 +135,10 @@ def show_note(note_id: int) -> Any:
     note = store().get(note_id)
     if note is None:
         abort(404)
-    log = get_state().audit_log
-    opened = log.who_accessed("notes", str(note_id))[-10:] if log is not None else []
-    return render_template("note.html", note=note, opened=list(reversed(opened)))
+    audit_log = get_state().audit_log
+    # the newest few, newest first, read from the log's end
+    opened = audit_log.who_accessed("notes", str(note_id), limit=OPENED_SHOWN) if audit_log is not None else []
+    return render_template("note.html", note=note, opened=opened)
 
 
 @bp.get("/notes/<int:note_id>/edit")
@@ -161,14 +187,17 @@ def delete_note(note_id: int) -> Any:
 @lock_context_required
 def search() -> Any:
     tag, text = request.args.get("tag", "").strip(), request.args.get("q", "").strip()
-    if text and all(len(w) < 3 for w in text.split()):
-        flash("Search for a word of three or more letters.", "error")
-        return redirect(url_for("notes.index"))
     try:
         if tag:
             return _list_page(store().by_tag(tag), heading=f"Notes tagged “{tag}”", tag=tag)
         if text:
+            if not query_words(text):  # checks the length first: no key asked for a refused query
+                flash("Search for a word of three or more letters.", "error")
+                return redirect(url_for("notes.index"))
             return _list_page(store().search(text), heading=f"Notes matching “{text}”", q=text)
+    except ValidationError as err:  # too many words or characters
+        flash(str(err), "error")
+        return _list_page([], heading="Search refused", q=text[:MAX_QUERY_CHARS], refused=True), 400
     except EncryptionError:
         flash("Search for a word of three or more letters.", "error")
     return redirect(url_for("notes.index"))
@@ -177,13 +206,59 @@ def search() -> Any:
 @bp.get("/history")
 @lock_context_required
 def history() -> Any:
-    """The signed-in user's own access history, from lockkit's tamper-evident audit log."""
-    log = get_state().audit_log
+    """The signed-in user's own access history, from lockkit's tamper-evident audit log: the
+    newest entries, read from the log's end. The log is not verified here (that reads all of
+    it): the page shows the last verification, which a POST to /history/verify runs."""
+    audit_log = get_state().audit_log
     claims = current_claims()
     assert claims is not None
-    events = list(reversed(log.accessed_by(claims["sub"])))[:200] if log is not None else None
-    intact = log.verify().ok if log is not None else None
-    return render_template("history.html", events=events, intact=intact)
+    events = audit_log.accessed_by(claims["sub"], limit=HISTORY_SHOWN) if audit_log is not None else None
+    return render_template("history.html", events=events, check=_audit_check(), shown=HISTORY_SHOWN)
+
+
+@dataclass
+class AuditCheck:
+    """The last verification of the audit log run from /history (per process)."""
+
+    running: threading.Lock = field(default_factory=threading.Lock)
+    started: float | None = None  # time.monotonic() when the last one started
+    at: float | None = None  # time.time() when the last one finished
+    ok: bool | None = None
+
+
+def _audit_check() -> AuditCheck:
+    check: AuditCheck = current_app.extensions.setdefault("notes_audit_check", AuditCheck())
+    return check
+
+
+@bp.post("/history/verify")
+@lock_context_required
+def verify_history() -> Any:
+    """Verify the whole audit log on request: at most one verification at a time and one per
+    ``NOTES_AUDIT_VERIFY_INTERVAL`` seconds (per process), whoever asks. Key releases go on
+    meanwhile (``AuditLog.verify`` holds the writers' lock only to read the head). For regular
+    checks run ``lockkit audit verify`` from cron."""
+    audit_log = get_state().audit_log
+    if audit_log is None:
+        abort(404)
+    check = _audit_check()
+    interval = float(current_app.config.get("NOTES_AUDIT_VERIFY_INTERVAL", AUDIT_VERIFY_INTERVAL))
+    if not check.running.acquire(blocking=False):
+        flash("A verification is running; see the result in a moment.", "error")
+        return redirect(url_for("notes.history"), code=303)
+    try:
+        now = time.monotonic()
+        if check.started is not None and now - check.started < interval:
+            flash(f"The log was verified less than {interval:.0f} seconds ago; the result is below.", "error")
+            return redirect(url_for("notes.history"), code=303)
+        check.started = now
+        result = audit_log.verify()
+        check.at, check.ok = time.time(), result.ok
+        if not result.ok:
+            log.error("audit log %s does not verify: %s", audit_log.path, result.problem)
+    finally:
+        check.running.release()
+    return redirect(url_for("notes.history"), code=303)
 
 
 @bp.get("/database")
@@ -202,7 +277,17 @@ def _pretty(row: dict[str, Any]) -> str:
 @bp.get("/api/notes")
 @lock_context_required
 def api_notes() -> Any:
-    return jsonify(notes=[_as_json(n) for n in store().all_notes()])
+    """Every note; with ``?q=words``, the notes holding every word (as /search)."""
+    text = request.args.get("q", "").strip()
+    if not text:
+        return jsonify(notes=[_as_json(n) for n in store().all_notes()])
+    try:
+        found = store().search(text)
+    except ValidationError as err:
+        return jsonify(error="query_too_long", message=str(err)), 400
+    except EncryptionError:
+        found = []
+    return jsonify(notes=[_as_json(n) for n in found])
 
 
 def _as_json(n: Any) -> dict[str, Any]:
