@@ -1052,3 +1052,330 @@ def test_python_m_examples_flask_clerk_serves(tmp_path: Path) -> None:
     err = (logs / "stderr.log").read_text()
     assert "LOCKKIT DEV IDENTITY PROVIDER ENABLED" in err
     assert (logs / "notes.db").exists()
+
+
+# -- outages of the token service, identity provider, database and session store ---------------
+def _unavailable_page(resp: Any, path: str) -> None:
+    assert resp.status_code == 503, (path, resp.status_code, resp.headers.get("Location"))
+    assert "Location" not in resp.headers, path
+    assert "<h1>Temporarily unavailable</h1>" in text(resp), path
+
+
+def _unavailable_json(resp: Any, path: str) -> None:
+    assert resp.status_code == 503, (path, resp.status_code)
+    assert resp.is_json and resp.get_json()["error"] == "unavailable", (path, text(resp)[:200])
+
+
+@pytest.mark.parametrize("down", ["token service", "identity provider"])
+def test_a_token_service_or_identity_provider_outage_is_503_on_the_home_page_not_a_sign_in_loop(
+    notes_app: Flask, alice: User, monkeypatch: pytest.MonkeyPatch, down: str
+) -> None:
+    """A signed-in user whose CTS token must be obtained again while the token service (or the
+    identity provider's keys) is down: the home page answers 503, not "sign in again" (signing
+    in lands back on the home page: a loop), and the session survives the outage."""
+    from lockkit.cts.embedded import CtsUnavailableError
+    from lockkit.errors import ProviderUnavailableError
+
+    alice.create(**PLAN)
+    state = get_state(notes_app)
+    with monkeypatch.context() as m:
+        if down == "token service":
+            with alice.client.session_transaction() as s:  # a CTS token must be exchanged again
+                s.pop(state.session_key)
+
+            def authorize(*args: Any, **kwargs: Any) -> Any:
+                raise CtsUnavailableError("CTS unavailable: the token service is unreachable")
+
+            m.setattr(state.token_service, "authorize", authorize)
+        else:
+            def verify(*args: Any, **kwargs: Any) -> Any:
+                raise ProviderUnavailableError("identity provider keys are unavailable", detail="JWKS unreachable")
+
+            m.setattr(state.providers[0], "verify", verify)
+        home = alice.client.get("/")
+        _unavailable_page(home, "/")
+        assert "Sign-in is temporarily unavailable" in text(home) and "Sign in to start" not in text(home)
+        assert home.headers.get("Retry-After")
+        assert alice.client.get("/notes/new").status_code == 503  # as @lock_context_required answers
+        _unavailable_json(alice.client.get("/api/notes"), "/api/notes")
+    assert alice.titles("/") == [PLAN["title"]]  # back, without signing in again
+
+
+def test_a_retryable_lock_context_error_is_503_and_keeps_the_session(
+    notes_app: Flask, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LockContextError of an outage (retryable) is no reason to drop the session's CTS token
+    and send the user to sign in: 503, JSON 503 under /api/."""
+    from lockkit.errors import LockContextError
+
+    alice.create(**PLAN)
+
+    def refused(self: NoteStore, *args: Any, **kwargs: Any) -> Any:
+        raise LockContextError("the token service is unreachable", retryable=True)
+
+    monkeypatch.setattr(NoteStore, "all_notes", refused)
+    _unavailable_page(alice.client.get("/"), "/")
+    _unavailable_json(alice.client.get("/api/notes"), "/api/notes")
+    with alice.client.session_transaction() as s:
+        assert get_state(notes_app).session_key in s  # kept
+
+
+def test_a_search_during_a_key_service_outage_is_503_not_a_short_query(
+    alice: User, alice_notes: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage reaching the search views as a retryable EncryptionError is 503, not "Search
+    for a word of three or more letters." (pages) nor "no note matches" (API)."""
+    from lockkit.errors import EncryptionError
+
+    def outage(self: NoteStore, *args: Any, **kwargs: Any) -> Any:
+        raise EncryptionError("the key service is unreachable", retryable=True)
+
+    monkeypatch.setattr(NoteStore, "search", outage)
+    monkeypatch.setattr(NoteStore, "by_tag", outage)
+    for path in ("/search?q=pangolin", "/search?tag=household"):
+        page = alice.client.get(path)
+        _unavailable_page(page, path)
+        assert SHORT_QUERY_MESSAGE not in text(page)
+    _unavailable_json(alice.client.get("/api/notes?q=pangolin"), "/api/notes?q=pangolin")
+
+
+@contextmanager
+def _database_gone(path: Path) -> Iterator[None]:
+    """The SQLite file cannot be opened (a directory stands where it was): every connection
+    attempt raises sqlite3.OperationalError, as for a lost volume."""
+    kept = path.with_name(path.name + ".kept")
+    path.rename(kept)
+    path.mkdir()
+    try:
+        yield
+    finally:
+        path.rmdir()
+        kept.rename(path)
+
+
+def test_the_database_down_is_503_html_and_json_and_logged_as_a_warning(
+    notes_app: Flask, alice: User, sqlite_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    note_id = alice.create(**PLAN)
+    form = form_posting_to(text(alice.client.get("/notes/new")), "/notes")
+    notes_app.extensions["notes_db"].close()
+    caplog.set_level("WARNING")
+    with _database_gone(sqlite_path):
+        for path in ("/", f"/notes/{note_id}", "/search?tag=workplace", "/database"):
+            _unavailable_page(alice.client.get(path), path)
+        for path in ("/api/notes", f"/api/notes/{note_id}"):
+            _unavailable_json(alice.client.get(path), path)
+        _unavailable_page(alice.client.post("/notes", data={**form.fields, "title": "t", "body": "b", "tags": ""}), "POST /notes")
+    warnings = [r for r in caplog.records if r.name == "examples.flask_clerk" and r.levelname == "WARNING"]
+    assert warnings and all("database unavailable (OperationalError)" in r.getMessage() for r in warnings)
+    assert not [r for r in caplog.records if r.levelno >= 40], "no error/traceback logged for an outage"
+    assert [n["title"] for n in alice.api_notes()] == [PLAN["title"]]  # back, nothing lost or added
+
+
+def test_the_session_store_down_is_503_html_and_json(example_env: str, sqlite_path: Path) -> None:
+    """Redis (server-side sessions) unreachable: the session cannot even be opened, before any
+    view runs. 503 page / 503 JSON, not Flask's bare 500."""
+    pytest.importorskip("redis")
+    with example_app(f"sqlite:///{sqlite_path}", example_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                     SESSION_KEY_PREFIX=f"notes-example-test-{secrets.token_hex(4)}:") as app:
+        c = app.test_client()
+        c.set_cookie("session", secrets.token_urlsafe(32))  # a session id: it must be looked up
+        _unavailable_page(c.get("/"), "/")
+        _unavailable_page(c.get("/notes/new"), "/notes/new")
+        _unavailable_json(c.get("/api/notes"), "/api/notes")
+        assert c.get("/api/notes").headers.get("Set-Cookie") is None  # nothing written back
+        fresh = app.test_client()  # no session to look up: the landing page still shows
+        assert fresh.get("/").status_code == 200
+
+
+def test_a_note_saved_before_the_session_store_failed_is_not_saved_twice(
+    redis_notes_app: tuple[Flask, Any, str], sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis drops after the note's transaction committed (the session cannot be saved): 503,
+    and sending the same form again shows the saved note instead of saving a copy."""
+    import redis
+
+    app, _, _ = redis_notes_app
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # the failure comes after the view, as in production
+    alice = User(app, "alice")
+    alice.sign_in()
+    form = form_posting_to(text(alice.client.get("/notes/new")), "/notes")
+    assert re.fullmatch(r"[0-9a-f]{32}", form.fields.get("submit_token", ""))
+    interface: Any = app.session_interface
+    working, dead = interface.client, redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2)
+    create = NoteStore.create
+
+    def create_then_redis_drops(self: NoteStore, *args: Any, **kwargs: Any) -> int:
+        note_id = create(self, *args, **kwargs)
+        interface.client = dead
+        return note_id
+
+    data = {**form.fields, **PLAN}
+    with monkeypatch.context() as m:
+        m.setattr(NoteStore, "create", create_then_redis_drops)
+        m.setattr(interface, "client", working)  # put back when the context ends
+        failed = alice.client.post("/notes", data=data)
+    dead.close()
+    _unavailable_page(failed, "POST /notes")
+    assert "sending the same form again saves it once" in text(failed)
+    assert _count(sqlite_path, "notes") == 1  # saved before the failure
+    again = alice.client.post("/notes", data=data)  # the user sends the form again
+    note_id = int(location(again).rsplit("/", 1)[1])
+    assert _count(sqlite_path, "notes") == 1 and _count(sqlite_path, "note_tags") == 2
+    assert [n["id"] for n in alice.api_notes()] == [note_id]
+
+
+def test_sending_the_new_note_form_twice_saves_one_note(alice: User, sqlite_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    page = text(alice.client.get("/notes/new"))
+    form = form_posting_to(page, "/notes")
+    data = {**form.fields, **PLAN}
+    first = location(alice.client.post("/notes", data=data))
+    assert location(alice.client.post("/notes", data=data)) == first
+    assert _count(sqlite_path, "notes") == 1 and _count(sqlite_path, "note_tags") == 2
+    # two requests at once: both miss the first lookup, the unique index refuses the second
+    form = form_posting_to(text(alice.client.get("/notes/new")), "/notes")
+    assert form.fields["submit_token"] != data["submit_token"]  # a new form, a new note
+    data = {**form.fields, **SHOP}
+    second = location(alice.client.post("/notes", data=data))
+    submitted = NoteStore.submitted
+    calls: list[str] = []
+
+    def missed_once(self: NoteStore, token: str) -> int | None:
+        calls.append(token)
+        return None if len(calls) == 1 else submitted(self, token)
+
+    monkeypatch.setattr(NoteStore, "submitted", missed_once)
+    assert location(alice.client.post("/notes", data=data)) == second
+    assert len(calls) == 2
+    assert _count(sqlite_path, "notes") == 2 and _count(sqlite_path, "note_tags") == 3
+    # a client sending no token (or not one of ours) saves a note per request, as before
+    for token in (None, "x" * 32):
+        fields = {k: v for k, v in form.fields.items() if k != "submit_token"}
+        if token:
+            fields["submit_token"] = token
+        assert location(alice.client.post("/notes", data={**fields, "title": "untokened"})).startswith("/notes/")
+    assert _count(sqlite_path, "notes") == 4
+
+
+OLD_SCHEMA = [  # the notes table as databases made before submit_token have it
+    """CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, title TEXT NOT NULL,
+        body TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX notes_owner ON notes (owner)",
+]
+
+
+def test_an_existing_sqlite_database_gets_the_submit_token_column(example_env: str, sqlite_path: Path) -> None:
+    conn = sqlite3.connect(sqlite_path)
+    with conn:
+        for stmt in OLD_SCHEMA:
+            conn.execute(stmt)
+    conn.close()
+    for _ in range(2):  # and again: idempotent
+        with example_app(f"sqlite:///{sqlite_path}", example_env) as app:
+            user = User(app, "alice")
+            user.sign_in()
+            data = {**form_posting_to(text(user.client.get("/notes/new")), "/notes").fields, **PLAN}
+            assert location(user.client.post("/notes", data=data)) == location(user.client.post("/notes", data=data))
+    conn = sqlite3.connect(sqlite_path)
+    try:
+        assert "submit_token" in {r[1] for r in conn.execute("PRAGMA table_info(notes)")}
+        assert "notes_submit_token" in {r[1] for r in conn.execute("PRAGMA index_list(notes)")}
+    finally:
+        conn.close()
+    assert _count(sqlite_path, "notes") == 2
+
+
+def test_postgres_the_same_form_twice_saves_one_note_and_old_databases_get_the_column(
+    pg_app: Flask, pg_database_url: str, example_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_database_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("ALTER TABLE notes DROP COLUMN submit_token")  # as before the column existed
+    name = f"carol-{secrets.token_hex(4)}"
+    with example_app(pg_database_url, example_env) as app:  # a restarted app server adds it back
+        user = User(app, name)
+        user.sign_in()
+        data = {**form_posting_to(text(user.client.get("/notes/new")), "/notes").fields, **PLAN}
+        first = location(user.client.post("/notes", data=data))
+        assert location(user.client.post("/notes", data=data)) == first
+        submitted = NoteStore.submitted
+        calls: list[str] = []
+
+        def missed_once(self: NoteStore, token: str) -> int | None:
+            calls.append(token)
+            return None if len(calls) == 1 else submitted(self, token)
+
+        monkeypatch.setattr(NoteStore, "submitted", missed_once)  # the unique index decides
+        assert location(user.client.post("/notes", data=data)) == first
+        assert len(calls) == 2
+        assert [n["title"] for n in user.api_notes()] == [PLAN["title"]]
+    assert _pg_rows(pg_database_url, "SELECT count(*) FROM notes WHERE owner = %s", (name,)) == [(1,)]
+    assert _pg_rows(pg_database_url, "SELECT indexname FROM pg_indexes WHERE indexname = 'notes_submit_token'")
+
+
+def test_postgres_connections_have_a_connect_and_a_statement_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL that accepts connections but does not answer would hold each request for
+    libpq's own limits; DATABASE_URL's own settings (and PGCONNECT_TIMEOUT / PGOPTIONS) win."""
+    import psycopg
+
+    from examples.flask_clerk.db import Database
+
+    seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        seen.append((args, kwargs))
+        raise psycopg.OperationalError("not connecting in this test")
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    for var in ("PGCONNECT_TIMEOUT", "PGOPTIONS"):
+        monkeypatch.delenv(var, raising=False)
+
+    def options(url: str) -> dict[str, Any]:
+        seen.clear()
+        with pytest.raises(psycopg.OperationalError):
+            Database(url)._connect()
+        (args, kwargs), = seen
+        assert args == (url,) and kwargs.pop("autocommit") is False
+        return kwargs
+
+    base = "postgresql://app@127.0.0.1:5432/notes"
+    assert options(base) == {"connect_timeout": 5, "options": "-c statement_timeout=15000"}
+    assert options(base + "?options=-c%20search_path%3Dnotes") == {
+        "connect_timeout": 5, "options": "-c search_path=notes -c statement_timeout=15000"}
+    assert options(base + "?connect_timeout=2&options=-c%20statement_timeout%3D1000") == {}
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=2000")
+    assert options(base) == {}
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=notes")
+    assert options(base) == {"options": "-c search_path=notes -c statement_timeout=15000"}
+
+
+def test_postgres_statement_timeout_is_set_on_the_app_connections(pg_app: Flask) -> None:
+    db = pg_app.extensions["notes_db"]
+    with db.transaction() as cur:
+        assert cur.execute("SHOW statement_timeout").fetchone() == ("15s",)
+
+
+@pytest.mark.parametrize("command", [["notes", "key-usage"], ["notes", "retire-key", "1"]])
+def test_key_usage_and_retire_key_with_the_database_down_fail_cleanly(
+    example_env: str, sqlite_path: Path, tmp_path: Path, command: list[str]
+) -> None:
+    from lockkit.keys.keyring import Keyring
+
+    from .example_support import WORKSPACE
+
+    ring_path = tmp_path / "keyring.json"
+    ring = Keyring.generate(WORKSPACE)
+    ring.rotate()
+    ring.save(ring_path)
+    with example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_KEYRING_JSON="",
+                     LOCKKIT_KEYRING=str(ring_path)) as app:
+        app.extensions["notes_db"].close()
+        with _database_gone(sqlite_path):
+            result = app.test_cli_runner().invoke(args=command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # no traceback
+    assert "Error: database error (OperationalError)" in result.output and "Traceback" not in result.output
+    assert [v.version for v in Keyring.load(ring_path).versions()] == [1, 2]  # nothing retired

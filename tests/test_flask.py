@@ -24,7 +24,14 @@ from flask.testing import FlaskClient
 from lockkit import ConfigurationError, CtsToken, LockContext, LockContextError
 from lockkit.cli import main
 from lockkit.cts.embedded import EmbeddedTokenService
-from lockkit.flask import LockKit, current_lock_context, get_cts_token, get_state, lock_context_required
+from lockkit.flask import (
+    LockKit,
+    current_lock_context,
+    get_cts_token,
+    get_state,
+    identity_unavailable,
+    lock_context_required,
+)
 from lockkit.flask import signals
 from lockkit.flask.extension import SESSION_PURPOSE
 from lockkit.keys.keyring import Keyring
@@ -780,6 +787,16 @@ def test_identity_provider_outage_answers_503_and_stores_nothing() -> None:
             app.preprocess_request()
             res = get_cts_token()
             assert not res.success and res.error is not None and "unavailable" in res.error
+            assert identity_unavailable()  # a page that reads the lock context itself answers 503 too
+            with pytest.raises(LockContextError) as info:
+                current_lock_context.cts_token  # noqa: B018
+            assert info.value.retryable
+        with app.test_request_context("/"):  # no identity at all: not an outage
+            app.preprocess_request()
+            assert not identity_unavailable()
+            with pytest.raises(LockContextError) as info:
+                current_lock_context.cts_token  # noqa: B018
+            assert not info.value.retryable
 
 
 def _cts_outage(app: Flask) -> EmbeddedTokenService:

@@ -3,13 +3,15 @@ examples.flask_clerk`` (what ``make demo`` runs) serves it on 127.0.0.1:5000."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request, Response
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import InternalServerError
 
 from lockkit.errors import ConfigurationError, DecryptionError, EncryptionError, LockContextError, LockkitError
 from lockkit.flask import LockKit
@@ -18,6 +20,14 @@ from .db import Database
 
 csrf = CSRFProtect()
 lockkit = LockKit()
+log = logging.getLogger(__name__)
+
+#: what the 503 page says when the database or the session store (Redis) does not answer
+STORE_UNAVAILABLE = ("Your notes are temporarily unavailable: the app cannot reach its database or session "
+                     "store right now. Try again shortly. If you were saving a new note, sending the same "
+                     "form again saves it once.")
+#: where a request keeps the error of a session store that failed it (see _guard_session_store)
+_SESSION_STORE_ERROR = "notes.session_store_error"
 
 
 def _secret_key(instance: Path) -> str:
@@ -65,6 +75,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.setdefault("SESSION_REDIS", redis.Redis.from_url(app.config["REDIS_URL"]))
         app.config.setdefault("SESSION_KEY_PREFIX", "notes:")
         Session(app)
+        _guard_session_store(app, (redis.RedisError,))
 
     csrf.init_app(app)
     lockkit.init_app(app)
@@ -85,11 +96,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.errorhandler(LockContextError)
     def lock_context_refused(err: LockContextError) -> Any:
         """The request's lock context was refused (expired mid-request, keys changed): forget
-        the session's CTS token and sign in again, never a 500."""
+        the session's CTS token and sign in again, never a 500. Unless the request has no lock
+        context because of an outage (the token service, OpenBao login or identity provider
+        down): then 503, and the session is kept (signing in again would loop back here)."""
         from flask import flash, jsonify, redirect, request, session, url_for
 
         from lockkit.flask import get_state
 
+        from .views import SIGN_IN_UNAVAILABLE, sign_in_unavailable, unavailable
+
+        if err.retryable or sign_in_unavailable():
+            log.warning("no lock context during an outage on %s %s: %s", request.method, request.path, err.message)
+            return unavailable(SIGN_IN_UNAVAILABLE)
         session.pop(get_state().session_key, None)
         if request.path.startswith("/api/"):
             return jsonify(error="lock_context", message="sign in again"), 401
@@ -102,11 +120,49 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         not decrypt): a clear answer, never a traceback."""
         from flask import jsonify, render_template, request
 
+        from .views import unavailable
+
+        if err.retryable:  # a passing outage (key service, token service, IdP, audit log)
+            log.warning("%s during an outage on %s %s: %s", type(err).__name__, request.method, request.path, err.message)
+            return unavailable("A service your notes depend on is not answering right now. "
+                               "Nothing was lost; try again shortly.")
         status = 500 if isinstance(err, DecryptionError | EncryptionError) else 503
         if request.path.startswith("/api/"):
             return jsonify(error=type(err).__name__), status
         heading = "Could not open your data" if status == 500 else "Temporarily unavailable"
         return render_template("error.html", heading=heading, message=err.message), status
+
+    # the database or the session store down: 503 "Temporarily unavailable", never Flask's bare
+    # 500 (nor, under /api/, HTML)
+    outages: tuple[type[Exception], ...] = db.errors
+    try:
+        import redis
+    except ImportError:  # optional: only with REDIS_URL
+        pass
+    else:
+        outages += (redis.RedisError,)
+
+    def store_unavailable(err: Exception) -> Any:
+        from flask import request
+
+        from .views import unavailable
+
+        # the type and SQLSTATE only: a driver's message may quote the values of a statement
+        code = getattr(err, "sqlstate", None)
+        log.warning("%s unavailable (%s%s) on %s %s", "database" if isinstance(err, db.errors) else "session store",
+                    type(err).__name__, f", SQLSTATE {code}" if code else "", request.method, request.path)
+        return unavailable(STORE_UNAVAILABLE)
+
+    for error in outages:
+        app.register_error_handler(error, store_unavailable)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(err: InternalServerError) -> Any:
+        """An error outside the view reaches Flask as a 500 (saving the session after the
+        response was made): the outages above still answer 503."""
+        if isinstance(err.original_exception, outages):
+            return store_unavailable(err.original_exception)
+        return err
 
     import datetime as dt
 
@@ -117,3 +173,40 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(bp)
     return app
+
+
+def _guard_session_store(app: Flask, errors: tuple[type[Exception], ...]) -> None:
+    """Flask-Session opens the session before Flask looks for error handlers: a session store
+    that fails then (Redis down) would be Flask's bare 500. Here the failure is kept and raised
+    again from the first before-request function, where the app's handler answers 503; the
+    request runs on an empty null session meanwhile (nothing is written back). A session that
+    cannot be saved is not retried by Flask's error path (one failure, one log line)."""
+    from flask import request
+
+    interface = app.session_interface
+    open_session, save_session = interface.open_session, interface.save_session
+
+    def guarded_open(app: Flask, req: Request) -> Any:
+        try:
+            return open_session(app, req)
+        except errors as err:
+            req.environ[_SESSION_STORE_ERROR] = err
+            return None  # Flask uses a null session
+
+    def guarded_save(app: Flask, session: Any, response: Response) -> None:
+        if _SESSION_STORE_ERROR in request.environ:
+            return  # failed once in this request: not again while answering that failure
+        try:
+            save_session(app, session, response)
+        except errors as err:
+            request.environ[_SESSION_STORE_ERROR] = err
+            raise
+
+    interface.open_session = guarded_open  # type: ignore[method-assign]
+    interface.save_session = guarded_save  # type: ignore[method-assign]
+
+    @app.before_request
+    def session_store_failed() -> None:  # registered before LockKit's: runs first
+        err = request.environ.get(_SESSION_STORE_ERROR)
+        if err is not None:
+            raise err

@@ -196,6 +196,8 @@ def key_usage_command() -> None:
         usage = key_usage(db)
     except LockkitError as err:
         raise click.ClickException(err.message) from err
+    except db.errors as err:  # the database down: a clean error, not a traceback
+        raise click.ClickException(f"database error ({type(err).__name__})") from err
     click.echo(f"{'table.column':<16}  {'key':<10}  {'payloads':>8}")
     for loc in LOCATIONS:
         for kid, n in sorted(usage[loc].items()):
@@ -322,5 +324,7 @@ def retire_key_command(version: int) -> None:
             ring.retire(version)
     except LockkitError as err:
         raise click.ClickException(err.message) from err
+    except db.errors as err:  # the database down: nothing retired
+        raise click.ClickException(f"database error ({type(err).__name__}); nothing was retired") from err
     click.echo(f"retired key version {version} from {settings.keyring_path}; restart running apps "
                "(CTS tokens it signed stop verifying: users may have to sign in again)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ MAX_TITLE, MAX_BODY, MAX_TAGS, MAX_TAG = 200, 20_000, 20, 40
 #: a text search: every distinct word (of three or more letters) costs two key releases, one per
 #: column (each an audit-log entry), so a query has a bounded number of words and characters
 MAX_QUERY_WORDS, MAX_QUERY_CHARS = 16, 256
+_SUBMIT_TOKEN = re.compile(r"[0-9a-f]{32}")
 #: note ids per IN (...) query (PostgreSQL takes at most 65,535 parameters, SQLite builds less)
 _ID_CHUNK = 5000
 
@@ -87,6 +90,17 @@ def query_words(text: str) -> list[str]:
     return wanted
 
 
+def new_submit_token() -> str:
+    """A token for one new-note form (hex: it can never spell a word of a note)."""
+    return secrets.token_hex(16)
+
+
+def submit_token(value: str | None) -> str | None:
+    """The form's token if it is one :func:`new_submit_token` makes; else ``None`` (no
+    duplicate check: a client that sends none saves a note per request, as before)."""
+    return value if value is not None and _SUBMIT_TOKEN.fullmatch(value) else None
+
+
 def clean(title: str, body: str, tags: str) -> tuple[str, str, list[str]]:
     title, body = title.strip(), body.strip()
     tag_list = sorted({t.strip().lower() for t in tags.replace(";", ",").split(",") if t.strip()})
@@ -114,19 +128,40 @@ class NoteStore:
             ]
         return row, tag_payloads
 
-    def create(self, title: str, body: str, tags: list[str], *, now: float | None = None) -> int:
-        """Encrypt and store a new note; returns its id."""
+    def create(self, title: str, body: str, tags: list[str], *, now: float | None = None,
+               submit_token: str | None = None) -> int:
+        """Encrypt and store a new note; returns its id. With a ``submit_token`` (see
+        :func:`submit_token`) a note already saved with it is not saved again: its id is
+        returned (a form sent twice, when the answer to the first never arrived)."""
+        if submit_token is not None:
+            done = self.submitted(submit_token)
+            if done is not None:
+                return done
         row, tag_payloads = self._encrypt(title, body, tags)  # encrypt first: a failure stores nothing
         ts = time.time() if now is None else now
-        with self.db.transaction() as cur:
-            note_id = cur.insert(
-                "INSERT INTO notes (owner, title, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (self.owner, dumps(row["title"]), dumps(row["body"]), ts, ts),
-            )
-            for p in tag_payloads:
-                cur.execute("INSERT INTO note_tags (note_id, owner, tag, tag_hm) VALUES (?, ?, ?, ?)",
-                            (note_id, self.owner, dumps(p), p["hm"]))
+        try:
+            with self.db.transaction() as cur:
+                note_id = cur.insert(
+                    "INSERT INTO notes (owner, title, body, created_at, updated_at, submit_token) VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.owner, dumps(row["title"]), dumps(row["body"]), ts, ts, submit_token),
+                )
+                for p in tag_payloads:
+                    cur.execute("INSERT INTO note_tags (note_id, owner, tag, tag_hm) VALUES (?, ?, ?, ?)",
+                                (note_id, self.owner, dumps(p), p["hm"]))
+        except self.db.conflicts:
+            # the same form sent twice at once: the other request's note holds the token (the
+            # unique index refused this one, rolled back)
+            done = self.submitted(submit_token) if submit_token is not None else None
+            if done is None:
+                raise
+            return done
         return note_id
+
+    def submitted(self, token: str) -> int | None:
+        """The id of this owner's note saved from the form carrying ``token``, if any."""
+        with self.db.transaction() as cur:
+            row = cur.execute("SELECT id FROM notes WHERE owner = ? AND submit_token = ?", (self.owner, token)).fetchone()
+        return int(row[0]) if row is not None else None
 
     def update(self, note_id: int, title: str, body: str, tags: list[str]) -> bool:
         if not 0 < note_id <= MAX_ID:

@@ -13,11 +13,28 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 
 from lockkit.errors import EncryptionError
-from lockkit.flask import current_claims, current_lock_context, end_session, get_state, lock_context_required
+from lockkit.flask import (
+    current_claims,
+    current_lock_context,
+    end_session,
+    get_state,
+    identity_unavailable,
+    lock_context_required,
+)
 from lockkit.provider import safe_next
 
 from .db import Database
-from .notes import MAX_QUERY_CHARS, NotesUnavailable, NoteStore, ValidationError, clean, notes_table, query_words
+from .notes import (
+    MAX_QUERY_CHARS,
+    NotesUnavailable,
+    NoteStore,
+    ValidationError,
+    clean,
+    new_submit_token,
+    notes_table,
+    query_words,
+    submit_token,
+)
 
 bp = Blueprint("notes", __name__)
 log = logging.getLogger(__name__)
@@ -62,21 +79,43 @@ def clerk_js_url(publishable_key: str) -> str:
     return f"https://{host}/npm/@clerk/clerk-js@6/dist/clerk.browser.js"
 
 
+def unavailable(message: str) -> Any:
+    """503 "Temporarily unavailable" (JSON ``{"error": "unavailable"}`` under /api/), with
+    Retry-After: something the app depends on is down; nothing is wrong with the notes."""
+    headers = {"Retry-After": "30"}
+    if request.path.startswith("/api/"):
+        return jsonify(error="unavailable", message="your notes are temporarily unavailable; try again shortly"), 503, headers
+    return render_template("error.html", heading="Temporarily unavailable", message=message), 503, headers
+
+
+#: what a page says when sign-in cannot complete (the identity provider's keys, the token
+#: service or the OpenBao login unreachable)
+SIGN_IN_UNAVAILABLE = ("Sign-in is temporarily unavailable: a service it depends on is not answering. "
+                       "You do not need to sign in again; try again shortly.")
+
+
+def sign_in_unavailable() -> bool:
+    """Did lockkit's middleware find this request's identity but could not complete it (the
+    identity provider's keys, the token service or the OpenBao login unreachable)? The state
+    ``@lock_context_required`` answers 503 on: signing in again would not help."""
+    return identity_unavailable()
+
+
 @bp.errorhandler(NotesUnavailable)
 def notes_unavailable(err: NotesUnavailable) -> Any:
     """Keys cannot be released right now (the key service is down, or its audit log cannot
     record the release): a 503, not "unreadable" — the notes are intact."""
     log.warning("notes unavailable: %s", err)
-    headers = {"Retry-After": "30"}
-    if request.path.startswith("/api/"):
-        return jsonify(error="unavailable", message="your notes are temporarily unavailable; try again shortly"), 503, headers
-    return render_template("error.html", heading="Temporarily unavailable",
-                           message="Your notes are temporarily unavailable: the key service cannot release "
-                                   "keys (or record that it did) right now. Nothing was lost; try again shortly."), 503, headers
+    return unavailable("Your notes are temporarily unavailable: the key service cannot release "
+                       "keys (or record that it did) right now. Nothing was lost; try again shortly.")
 
 
 @bp.get("/")
 def index() -> Any:
+    # not behind @lock_context_required (visitors get the landing page), so it answers the
+    # outage itself: sending a signed-in user to sign in again would bring them back here
+    if sign_in_unavailable():
+        return unavailable(SIGN_IN_UNAVAILABLE)
     if current_claims() is None:
         return render_template("landing.html")
     return _list_page(store().all_notes(), heading="Your notes")
@@ -113,18 +152,21 @@ def signout() -> Any:
 @bp.get("/notes/new")
 @lock_context_required
 def new_note() -> Any:
-    return render_template("note_form.html", note=None, form={})
+    # the form's token: sending it twice (the answer to the first got lost) saves one note
+    return render_template("note_form.html", note=None, form={}, submit_token=new_submit_token())
 
 
 @bp.post("/notes")
 @lock_context_required
 def create_note() -> Any:
+    token = submit_token(request.form.get("submit_token"))
     try:
         title, body, tags = clean(request.form.get("title", ""), request.form.get("body", ""), request.form.get("tags", ""))
     except ValidationError as err:
         flash(str(err), "error")
-        return render_template("note_form.html", note=None, form=request.form), 400
-    note_id = store().create(title, body, tags)
+        return render_template("note_form.html", note=None, form=request.form,
+                               submit_token=token or new_submit_token()), 400
+    note_id = store().create(title, body, tags, submit_token=token)  # the same form twice: one note
     flash("Note saved (encrypted).", "ok")
     return redirect(url_for("notes.show_note", note_id=note_id))
 
@@ -198,7 +240,9 @@ def search() -> Any:
     except ValidationError as err:  # too many words or characters
         flash(str(err), "error")
         return _list_page([], heading="Search refused", q=text[:MAX_QUERY_CHARS], refused=True), 400
-    except EncryptionError:
+    except EncryptionError as err:
+        if err.retryable:  # an outage, not the query: 503 (the LockkitError handler)
+            raise
         flash("Search for a word of three or more letters.", "error")
     return redirect(url_for("notes.index"))
 
@@ -285,7 +329,9 @@ def api_notes() -> Any:
         found = store().search(text)
     except ValidationError as err:
         return jsonify(error="query_too_long", message=str(err)), 400
-    except EncryptionError:
+    except EncryptionError as err:
+        if err.retryable:  # an outage: 503, never "no note matches"
+            raise
         found = []
     return jsonify(notes=[_as_json(n) for n in found])
 

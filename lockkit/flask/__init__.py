@@ -2,7 +2,14 @@
 ``@lock_context_required``."""
 
 from .extension import DEFAULTS, LockKit, LockKitState, end_session, get_state
-from .helpers import CtsTokenResult, current_claims, current_lock_context, get_cts_token, lock_context_required
+from .helpers import (
+    CtsTokenResult,
+    current_claims,
+    current_lock_context,
+    get_cts_token,
+    identity_unavailable,
+    lock_context_required,
+)
 from .session import Sealer
 
 __all__ = [
@@ -16,5 +23,6 @@ __all__ = [
     "end_session",
     "get_cts_token",
     "get_state",
+    "identity_unavailable",
     "lock_context_required",
 ]

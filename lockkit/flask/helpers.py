@@ -44,13 +44,22 @@ def get_cts_token() -> CtsTokenResult:
     return CtsTokenResult(True, cts_token=token)
 
 
+def identity_unavailable() -> bool:
+    """Whether this request carried an identity that could not be checked or exchanged because
+    a service it needs (the identity provider's keys, the token service, the OpenBao login) did
+    not answer: what ``@lock_context_required`` answers 503 for. Signing in again would not
+    help; answer "temporarily unavailable"."""
+    return bool(_request_state().unavailable)
+
+
 def _lock_context() -> LockContext:
     ns = _request_state()
     if ns.lock_context is None:
         state = get_state()
         token: CtsToken | None = ns.cts
         if token is None or token.is_expired(state.clock()):
-            raise LockContextError(f"no lock context: {get_cts_token().error}")
+            # retryable when a service was down: the user need not sign in again
+            raise LockContextError(f"no lock context: {get_cts_token().error}", retryable=bool(ns.unavailable))
         ns.lock_context = state.lock_template.with_token(token)
     return cast(LockContext, ns.lock_context)
 
