@@ -411,7 +411,7 @@ def section_requests(res: Mapping[str, Any]) -> str:
     bd = res.get("breakdown")
     if bd and "tc" in dv and "middleware" in bd:
         added = dv["tc"]["added_us"]
-        names = {"cookie": "Flask opens the session cookie (itsdangerous)",
+        names = {"cookie": "Flask opens the session cookie (verified once per cookie, then parsed)",
                  "middleware": "lockkit middleware (identity token check + the session's CTS token for it)",
                  "decrypt": "decrypt_model with a lock context (2 values)"}
         rows = [[names[k], _num(bd[k]["median_us"]), f"{bd[k]['median_us'] / added * 100:.0f}%"] for k in names]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pluggy
 from flask import Flask, current_app, g, has_request_context, request, session
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response
 
 from ..audit import AuditLog
@@ -30,6 +31,7 @@ from ..provider import IdentityProvider
 from ..schema import EncryptedTable
 from ..services import build_services
 from . import signals
+from .cookie_session import RememberingCookieSessionInterface
 from .session import Sealer
 
 log = logging.getLogger("lockkit.flask")
@@ -44,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "LOCKKIT_IDENTITY_CLAIM": ["sub"],  # claims current_lock_context locks to
     "LOCKKIT_TRACE_PLUGINS": False,
     "LOCKKIT_LOAD_ENTRYPOINTS": True,
+    # verify each distinct signed session cookie once (Flask's default cookie session only)
+    "LOCKKIT_REMEMBER_COOKIE_SESSIONS": True,
 }
 
 SESSION_PURPOSE = "cts"
@@ -184,6 +188,8 @@ def get_state(app: Flask | None = None) -> LockKitState:
 
 
 def _harden_session_cookie(app: Flask) -> None:
+    if type(app.session_interface) is SecureCookieSessionInterface and flag(app.config, "LOCKKIT_REMEMBER_COOKIE_SESSIONS", True):
+        app.session_interface = RememberingCookieSessionInterface()
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
