@@ -561,6 +561,15 @@ def test_a_second_auth_mount_never_shares_user_keys(
         assert app_b.decrypt(mine).with_lock_context(alice_b).unwrap() == "B's alice's"
         assert app_a.decrypt(secret).with_lock_context(alice_a).unwrap() == "A's alice's diary"
         assert main([*args, "--key-prefix", "lkb-"]) == 0  # re-running it is fine
+        # a mount whose user policy name clashes with the default mount's ("cel" and "jwt-cel" both
+        # map to lockkit-user-cel) is refused, whatever its prefix: it would replace that policy
+        user_a = bao_call(bao.addr, bao.root_token, "GET", "sys/policies/acl/lockkit-user-cel").json()["data"]["policy"]
+        for prefix in ("lkx-", "lkc-"):
+            with pytest.raises(ValueError, match="belongs to another auth mount|own key prefix"):
+                setup(OpenBaoConfig(addr=bao.addr, auth_mount="cel", key_prefix=prefix), bao.root_token,
+                      issuer=idp_b.issuer, jwks_url=idp_b.jwks_uri, audiences=["app-b"])
+        assert bao_call(bao.addr, bao.root_token, "GET", "sys/policies/acl/lockkit-user-cel").json()["data"]["policy"] == user_a
+        assert app_a.decrypt(secret).with_lock_context(login(app_a, idp, "alice")).unwrap() == "A's alice's diary"
 
 
 @pytest.mark.parametrize("sub", ["\ufffdvictim", "\ud800victim", "\udfffvictim"])

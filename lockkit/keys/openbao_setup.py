@@ -63,6 +63,8 @@ def user_policy(transit: str, accessor: str, prefix: str) -> str:
 
 
 #: the key paths a user policy templates: <transit>/encrypt/<prefix>{{identity...name}}
+#: the accessors a user policy templates: identity.entity.aliases.<accessor>.name
+_ALIAS_ACCESSOR = re.compile(r"identity\.entity\.aliases\.([^.}\s]+)\.name")
 _TEMPLATED_KEY = re.compile(r'path "(?P<transit>[^"]+?)/encrypt/(?P<prefix>[^"{]*)\{\{identity\.entity\.aliases\.')
 
 #: key settings the app's token may never set when it creates a key
@@ -223,17 +225,32 @@ def _role_differences(sent: Mapping[str, Any], stored: Any) -> list[str]:
 def _refuse_shared_keys(call: _Call, config: OpenBaoConfig) -> None:
     """Refuse when another auth mount's lockkit user policy templates key names that ours
     could also produce (same transit mount, a prefix that is a prefix of the other): the same
-    subject at two identity providers would then use one key.
+    subject at two identity providers would then use one key. A policy is this mount's when it
+    templates this mount's accessor (names can clash: ``jwt-cel`` and ``cel`` both map to
+    ``lockkit-user-cel``); another mount's policy under our policy name is refused too, since
+    writing ours would replace it.
 
     :raises ValueError: with what to change.
     """
     own = user_policy_name(config.auth_mount)
+    mount = (call("GET", "sys/auth").get("data") or {}).get(f"{config.auth_mount}/")
+    mine = mount.get("accessor") if isinstance(mount, dict) else None  # None: the mount is new
     names = (call("LIST", "sys/policies/acl").get("data") or {}).get("keys") or []
     for name in names:
-        if not isinstance(name, str) or not name.startswith("lockkit-user-") or name == own:
+        if not isinstance(name, str) or not name.startswith("lockkit-user-"):
             continue
         text = (call("GET", f"sys/policies/acl/{name}").get("data") or {}).get("policy")
-        for m in _TEMPLATED_KEY.finditer(text if isinstance(text, str) else ""):
+        text = text if isinstance(text, str) else ""
+        accessors = set(_ALIAS_ACCESSOR.findall(text))
+        if mine is not None and accessors == {mine}:
+            continue  # this mount's own policy (a re-run)
+        if name == own:
+            raise ValueError(
+                f"policy {name} belongs to another auth mount (it names accessor(s) {sorted(accessors)}): writing "
+                f"this mount's policy would replace it. Choose another --auth-mount name, or delete {name} if "
+                "its mount is gone"
+            )
+        for m in _TEMPLATED_KEY.finditer(text):
             theirs = m["prefix"]
             if m["transit"] == config.transit_mount and (theirs.startswith(config.key_prefix)
                                                          or config.key_prefix.startswith(theirs)):
