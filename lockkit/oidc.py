@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import requests
+from urllib3 import exceptions as urllib3_errors
 from urllib3.util import parse_url
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -597,6 +598,8 @@ def read_body(response: requests.Response, limit: int, deadline: float, what: st
 
     :raises BodyTooLarge: over ``limit`` bytes.
     :raises BodyTooSlow: not complete by ``deadline``.
+    :raises requests.RequestException: the connection failed meanwhile (urllib3's errors
+        translated as ``requests`` itself does when it reads a body).
     """
     read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2.3
     chunks: Iterator[bytes] = (
@@ -604,12 +607,21 @@ def read_body(response: requests.Response, limit: int, deadline: float, what: st
         else response.iter_content(chunk_size=65536)
     )
     body = bytearray()
-    for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"{what} is over {limit} bytes")
-        if time.monotonic() > deadline:
-            raise BodyTooSlow(f"{what} took too long to arrive")
+    try:
+        for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(f"{what} is over {limit} bytes")
+            if time.monotonic() > deadline:
+                raise BodyTooSlow(f"{what} took too long to arrive")
+    except urllib3_errors.ReadTimeoutError as err:  # the raw stream is urllib3's: translate as requests does
+        raise requests.exceptions.ConnectionError(err) from err
+    except urllib3_errors.SSLError as err:
+        raise requests.exceptions.SSLError(err) from err
+    except urllib3_errors.DecodeError as err:
+        raise requests.exceptions.ContentDecodingError(err) from err
+    except (urllib3_errors.ProtocolError, urllib3_errors.HTTPError) as err:
+        raise requests.exceptions.ChunkedEncodingError(err) from err
     return bytes(body)
 
 

@@ -820,3 +820,55 @@ def test_tokens_that_are_not_ascii_are_refused_with_typed_errors(
     for verifier in (token_service.verifier(), RemoteCtsVerifier.for_endpoint(cts_url, WORKSPACE)):
         with pytest.raises(LockContextError, match="malformed"):
             verifier.verify(cts_token.access_token + odd)
+
+
+@contextmanager
+def _raw_http(answer: bytes, *, then_stall: float = 0.0) -> Iterator[str]:
+    """A loopback server that answers every connection with ``answer`` (raw bytes: a status
+    line, headers and a body that may be cut short), then keeps the connection open for
+    ``then_stall`` seconds before closing it."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                    stop.wait(then_stall)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+
+
+@pytest.mark.parametrize(("answer", "stall"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"acc", 3.0),  # stalls
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"acc", 0.0),  # cut short
+])
+def test_a_cts_answer_that_stalls_or_is_cut_short_is_unavailable_not_a_crash(answer: bytes, stall: float) -> None:
+    """The body is read as it arrives (for the deadline): urllib3's own errors are translated as
+    requests does, so the caller gets CtsUnavailableError and identify() a Result, never a raw
+    urllib3 exception."""
+    with _raw_http(answer, then_stall=stall) as url:
+        service = RemoteTokenService(url, WORKSPACE, timeout=0.5, retries=0)
+        with pytest.raises(CtsUnavailableError):
+            service.authorize("a.b.c")
+        res = LockContext(token_service=service).identify("a.b.c")
+        assert res.failure is not None and res.failure.type == "CtsTokenError" and res.failure.retryable
