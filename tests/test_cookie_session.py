@@ -133,3 +133,42 @@ def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         client.get(f"/s/set/k{i}/v{i}")
         client.get("/s/get")
     assert len(interface._memo) == 3
+
+
+def test_what_the_app_set_on_its_session_interface_is_kept() -> None:
+    """An app that set a salt (to keep its cookies apart from another app's with the same
+    SECRET_KEY) or a digest on Flask's interface keeps them: a cookie of the other app is
+    still refused."""
+    import hashlib
+
+    from lockkit.flask import LockKit
+
+    from .flask_support import base_config, plugin_manager
+
+    def build(salt: str | None) -> Flask:
+        app = Flask(__name__)
+        app.config.update(base_config(SECRET_KEY="one-secret-shared-by-two-apps-0123456789"))
+        if salt is not None:
+            app.session_interface.salt = salt  # type: ignore[attr-defined]
+            app.session_interface.digest_method = hashlib.sha256  # type: ignore[attr-defined]
+
+        @app.get("/login")
+        def login() -> str:
+            session["user"] = "admin"
+            return "ok"
+
+        @app.get("/who")
+        def who() -> dict[str, Any]:
+            return {"user": session.get("user")}
+
+        LockKit(app, plugin_manager=plugin_manager())
+        return app
+
+    app_a, app_b = build(None), build("app-b-session")
+    interface = _interface(app_b)
+    assert interface.salt == "app-b-session" and interface.digest_method is hashlib.sha256
+    a = app_a.test_client()
+    a.get("/login")
+    b = app_b.test_client()
+    b.set_cookie("session", cookie_value(a) or "")
+    assert b.get("/who").get_json() == {"user": None}

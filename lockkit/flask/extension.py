@@ -188,8 +188,11 @@ def get_state(app: Flask | None = None) -> LockKitState:
 
 
 def _harden_session_cookie(app: Flask) -> None:
-    if type(app.session_interface) is SecureCookieSessionInterface and flag(app.config, "LOCKKIT_REMEMBER_COOKIE_SESSIONS", True):
-        app.session_interface = RememberingCookieSessionInterface()
+    current = app.session_interface
+    if type(current) is SecureCookieSessionInterface and flag(app.config, "LOCKKIT_REMEMBER_COOKIE_SESSIONS", True):
+        remembering = RememberingCookieSessionInterface()
+        remembering.__dict__.update(vars(current))  # what the app set on it: salt, digest, serializer...
+        app.session_interface = remembering
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
