@@ -43,7 +43,10 @@ def _info(c: str) -> tuple[int, int, bool]:
 
 def stream_safe(text: str) -> str:
     """``text`` in UAX #15's Stream-Safe Text Format: a U+034F before any character that would
-    make a run of non-starters longer than 30 (the text itself when it has none, the usual case)."""
+    make a run of non-starters longer than 30 (the text itself when it has none, the usual case,
+    or when it is already in NFKD: its runs are in canonical order, which normalising sorts in
+    linear time). Like the format itself, not canonical-equivalence preserving for text with
+    such runs: crafted text only."""
     if text.isascii() or not _LONG_RUN.search(text) or unicodedata.is_normalized("NFKD", text):
         return text  # fast answers in C: nothing to reorder (in NFKD every run is in order already)
     cuts: list[int] = []
