@@ -1172,6 +1172,107 @@ def test_the_database_down_is_503_html_and_json_and_logged_as_a_warning(
     assert [n["title"] for n in alice.api_notes()] == [PLAN["title"]]  # back, nothing lost or added
 
 
+def _failing_query(sql: str, params: tuple[Any, ...] = (), before: str | None = None) -> Any:
+    """A NoteStore.all_notes that runs ``sql`` (a query with a bug, or one that times out),
+    after ``before`` in the same transaction."""
+
+    def all_notes(self: NoteStore) -> list[Any]:
+        with self.db.transaction() as cur:
+            if before:
+                cur.execute(before)
+            cur.execute(sql, params).fetchall()
+        return []
+
+    return all_notes
+
+
+def _assert_a_logged_500(app: Flask, user: User, caplog: pytest.LogCaptureFixture, error: type[Exception]) -> str:
+    """``/`` and ``/api/notes`` answer Flask's 500 (not "temporarily unavailable", no
+    Retry-After), each logged once at ERROR with the traceback; returns the logged text."""
+    caplog.clear()
+    caplog.set_level("INFO")
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production
+    for path in ("/", "/api/notes"):
+        resp = user.client.get(path)
+        assert resp.status_code == 500, (path, resp.status_code, text(resp)[:300])
+        assert "Retry-After" not in resp.headers and "Temporarily unavailable" not in text(resp), path
+    errors = [r for r in caplog.records if r.name == "examples.flask_clerk" and r.levelno == 40]
+    assert len(errors) == 2, [r.getMessage() for r in caplog.records]
+    assert all(f"database error ({error.__name__})" in r.getMessage() and r.exc_info for r in errors)
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+    logged = "\n".join(caplog.handler.format(r) for r in errors)
+    assert "Traceback (most recent call last)" in logged and "in all_notes" in logged
+    app.config["PROPAGATE_EXCEPTIONS"] = None  # testing: Flask raises it to the test, as before
+    with pytest.raises(error):
+        user.client.get("/api/notes")
+    return logged
+
+
+@pytest.mark.parametrize(("sql", "error"), [
+    ("SELECT id FROM notes WHERE owner = ? AND id > ?", sqlite3.ProgrammingError),  # one binding missing
+    ("SELECT no_such_column FROM notes WHERE owner = ?", sqlite3.OperationalError),  # SQLITE_ERROR: a bug
+])
+def test_a_bug_in_a_query_is_a_500_with_a_traceback_not_temporarily_unavailable(
+    notes_app: Flask, alice: User, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    sql: str, error: type[Exception]
+) -> None:
+    """Only an outage is 503 "try again shortly": a query with a bug fails every time, and
+    must show up in the logs as the error it is."""
+    monkeypatch.setattr(NoteStore, "all_notes", _failing_query(sql, ("alice",)))
+    logged = _assert_a_logged_500(notes_app, alice, caplog, error)
+    assert f"sqlite3.{error.__name__}: " in logged  # SQLite's message: never a bound value
+
+
+def test_postgres_a_bug_in_a_query_is_a_500_and_a_statement_timeout_is_503(
+    pg_app: Flask, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    user = User(pg_app, f"dave-{secrets.token_hex(4)}")
+    user.sign_in()
+    # a value the query refuses (DataError, SQLSTATE 22P02): PostgreSQL's message quotes it
+    monkeypatch.setattr(NoteStore, "all_notes", _failing_query("SELECT ?::integer", ("value-of-a-statement",)))
+    logged = _assert_a_logged_500(pg_app, user, caplog, psycopg.errors.InvalidTextRepresentation)
+    assert "SQLSTATE 22P02" in logged and "value-of-a-statement" not in logged
+    # a statement timeout (QueryCanceled, SQLSTATE 57014): an outage
+    monkeypatch.setattr(NoteStore, "all_notes", _failing_query("SELECT pg_sleep(2)", before="SET LOCAL statement_timeout = 50"))
+    pg_app.config["PROPAGATE_EXCEPTIONS"] = False
+    caplog.clear()
+    _unavailable_page(user.client.get("/"), "/")
+    _unavailable_json(user.client.get("/api/notes"), "/api/notes")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30 and r.name == "examples.flask_clerk"] == [
+        "database unavailable (QueryCanceled, SQLSTATE 57014) on GET /",
+        "database unavailable (QueryCanceled, SQLSTATE 57014) on GET /api/notes"]
+
+
+def test_database_outages_are_told_from_bugs() -> None:
+    """What counts as an outage (503, try again) for each driver."""
+    import psycopg
+
+    from examples.flask_clerk.db import Database
+
+    pg, lite = Database("postgresql://app@127.0.0.1:5432/notes"), Database("sqlite:///notes.db")
+    for err in (psycopg.OperationalError("server closed the connection unexpectedly"),
+                psycopg.errors.QueryCanceled(), psycopg.errors.AdminShutdown(), psycopg.errors.TooManyConnections(),
+                psycopg.errors.DeadlockDetected()):
+        assert pg.is_outage(err), err
+    for err in (psycopg.ProgrammingError("syntax"), psycopg.errors.UniqueViolation(), psycopg.DataError("bad"),
+                psycopg.InterfaceError("misuse"), psycopg.errors.UndefinedColumn()):
+        assert not pg.is_outage(err), err
+    conn = sqlite3.connect(":memory:")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as syntax:
+            conn.execute("SELEC 1")
+    finally:
+        conn.close()
+    assert not lite.is_outage(syntax.value)
+    assert not lite.is_outage(sqlite3.ProgrammingError("Incorrect number of bindings supplied"))
+    assert not lite.is_outage(sqlite3.IntegrityError("UNIQUE constraint failed"))
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY
+    assert lite.is_outage(locked)
+
+
 def test_the_session_store_down_is_503_html_and_json(example_env: str, sqlite_path: Path) -> None:
     """Redis (server-side sessions) unreachable: the session cannot even be opened, before any
     view runs. 503 page / 503 JSON, not Flask's bare 500."""
@@ -1241,9 +1342,9 @@ def test_sending_the_new_note_form_twice_saves_one_note(alice: User, sqlite_path
     submitted = NoteStore.submitted
     calls: list[str] = []
 
-    def missed_once(self: NoteStore, token: str) -> int | None:
+    def missed_once(self: NoteStore, token: str, digest: str) -> int | None:
         calls.append(token)
-        return None if len(calls) == 1 else submitted(self, token)
+        return None if len(calls) == 1 else submitted(self, token, digest)
 
     monkeypatch.setattr(NoteStore, "submitted", missed_once)
     assert location(alice.client.post("/notes", data=data)) == second
@@ -1256,6 +1357,99 @@ def test_sending_the_new_note_form_twice_saves_one_note(alice: User, sqlite_path
             fields["submit_token"] = token
         assert location(alice.client.post("/notes", data={**fields, "title": "untokened"})).startswith("/notes/")
     assert _count(sqlite_path, "notes") == 4
+
+
+def _submitted_rows(db: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.execute("SELECT id, owner, submit_token, submit_digest FROM notes ORDER BY id"))
+    finally:
+        conn.close()
+
+
+def test_the_same_form_with_other_content_saves_another_note(alice: User, sqlite_path: Path) -> None:
+    """Save note A, press Back (a browser may show the same form, with the same token), write
+    note B in it and save: B is a note of its own, never dropped for A. Sent again, each is
+    still saved once."""
+    page = alice.client.get("/notes/new")
+    assert page.headers.get("Cache-Control") == "no-store"  # Back fetches a new form (a new token)
+    form = form_posting_to(text(page), "/notes")
+    first = location(alice.client.post("/notes", data={**form.fields, **PLAN}))
+    other = location(alice.client.post("/notes", data={**form.fields, **SHOP}))  # same token, other content
+    assert other != first
+    assert location(alice.client.post("/notes", data={**form.fields, **SHOP})) == other  # B sent twice: once
+    assert location(alice.client.post("/notes", data={**form.fields, **PLAN})) == first
+    # the same content as saved (stripped, tags normalised) is the same note
+    same = {**PLAN, "title": f"  {PLAN['title']} ", "tags": "strategy; workplace"}
+    assert location(alice.client.post("/notes", data={**form.fields, **same})) == first
+    assert _count(sqlite_path, "notes") == 2 and _count(sqlite_path, "note_tags") == 3
+    notes = {n["title"]: n for n in alice.api_notes()}
+    assert sorted(notes) == sorted([PLAN["title"], SHOP["title"]])
+    assert notes[SHOP["title"]]["body"] == SHOP["body"] and notes[PLAN["title"]]["body"] == PLAN["body"]
+    rows = _submitted_rows(sqlite_path)
+    assert {r[2] for r in rows} == {form.fields["submit_token"]} and len({r[3] for r in rows}) == 2
+
+
+def test_the_submit_digest_is_keyed_by_the_app_secret(example_env: str, tmp_path: Path) -> None:
+    """The digest stored with a submit token is an HMAC of the content under a key derived from
+    the app's SECRET_KEY: the same note (same user, token and content) in two apps with
+    different secrets gets unrelated digests, and neither is a plain hash of the content."""
+    import hashlib
+
+    from examples.flask_clerk.notes import submit_digest, submit_key
+
+    token = secrets.token_hex(16)
+    digests = []
+    for n, secret in enumerate((secrets.token_urlsafe(32), secrets.token_urlsafe(32))):
+        db = tmp_path / f"notes-{n}.db"
+        with example_app(f"sqlite:///{db}", secret) as app:
+            user = User(app, "alice")
+            user.sign_in()
+            fields = form_posting_to(text(user.client.get("/notes/new")), "/notes").fields
+            location(user.client.post("/notes", data={**fields, "submit_token": token, **PLAN}))
+        (_, owner, stored_token, digest), = _submitted_rows(db)
+        assert stored_token == token and re.fullmatch(r"[0-9a-f]{64}", digest)
+        title, body, tags = PLAN["title"], PLAN["body"], ["strategy", "workplace"]
+        assert digest == submit_digest(submit_key(secret), owner, token, title, body, tags)
+        unkeyed = [json.dumps(v).encode() for v in ([owner, token, title, body, tags], [title, body, tags])]
+        unkeyed += [title.encode(), body.encode(), (title + body).encode()]
+        assert digest not in {hashlib.sha256(v).hexdigest() for v in unkeyed}
+        assert_no_plaintext(sqlite_dump(db), ALICE_PLAINTEXT, "the notes database")
+        digests.append(digest)
+    assert digests[0] != digests[1]
+
+
+def test_a_form_saved_before_digests_existed_never_drops_a_note(example_env: str, sqlite_path: Path) -> None:
+    """A database of yesterday's schema (submit_token under a unique index on (owner,
+    submit_token), no digest) is brought up to date in place: a note saved there with a token
+    has no digest, so that form sent again saves a copy, never drops its content."""
+    conn = sqlite3.connect(sqlite_path)
+    with conn:
+        for stmt in OLD_SCHEMA:
+            conn.execute(stmt)
+        conn.execute("ALTER TABLE notes ADD COLUMN submit_token TEXT")
+        conn.execute("CREATE UNIQUE INDEX notes_submit_token ON notes (owner, submit_token) WHERE submit_token IS NOT NULL")
+    conn.close()
+    token = secrets.token_hex(16)
+    with example_app(f"sqlite:///{sqlite_path}", example_env) as app:
+        user = User(app, "alice")
+        user.sign_in()
+        fields = {**form_posting_to(text(user.client.get("/notes/new")), "/notes").fields, "submit_token": token}
+        untokened = {k: v for k, v in fields.items() if k != "submit_token"}
+        location(user.client.post("/notes", data={**untokened, "title": "saved yesterday", "body": "", "tags": ""}))
+        conn = sqlite3.connect(sqlite_path)
+        with conn:  # as yesterday's app saved it: with the form's token, without a digest
+            conn.execute("UPDATE notes SET submit_token = ?", (token,))
+        conn.close()
+        first = location(user.client.post("/notes", data={**fields, **SHOP}))
+        assert location(user.client.post("/notes", data={**fields, **SHOP})) == first
+        assert sorted(n["title"] for n in user.api_notes()) == sorted(["saved yesterday", SHOP["title"]])
+    conn = sqlite3.connect(sqlite_path)
+    try:
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(notes)")}
+        assert "notes_submitted" in indexes and "notes_submit_token" not in indexes
+    finally:
+        conn.close()
 
 
 OLD_SCHEMA = [  # the notes table as databases made before submit_token have it
@@ -1279,40 +1473,54 @@ def test_an_existing_sqlite_database_gets_the_submit_token_column(example_env: s
             assert location(user.client.post("/notes", data=data)) == location(user.client.post("/notes", data=data))
     conn = sqlite3.connect(sqlite_path)
     try:
-        assert "submit_token" in {r[1] for r in conn.execute("PRAGMA table_info(notes)")}
-        assert "notes_submit_token" in {r[1] for r in conn.execute("PRAGMA index_list(notes)")}
+        assert {"submit_token", "submit_digest"} <= {r[1] for r in conn.execute("PRAGMA table_info(notes)")}
+        assert "notes_submitted" in {r[1] for r in conn.execute("PRAGMA index_list(notes)")}
     finally:
         conn.close()
     assert _count(sqlite_path, "notes") == 2
 
 
-def test_postgres_the_same_form_twice_saves_one_note_and_old_databases_get_the_column(
-    pg_app: Flask, pg_database_url: str, example_env: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("before", ["no submit_token", "no submit_digest"])
+def test_postgres_the_same_form_twice_saves_one_note_and_old_databases_get_the_columns(
+    pg_app: Flask, pg_database_url: str, example_env: str, monkeypatch: pytest.MonkeyPatch, before: str
 ) -> None:
     import psycopg
 
     with psycopg.connect(pg_database_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute("ALTER TABLE notes DROP COLUMN submit_token")  # as before the column existed
+        if before == "no submit_token":  # as before either column existed
+            conn.execute("ALTER TABLE notes DROP COLUMN submit_token, DROP COLUMN submit_digest")
+        else:  # yesterday's schema: one note per (owner, submit_token), whatever it held
+            conn.execute("ALTER TABLE notes DROP COLUMN submit_digest")
+            # notes other tests saved from one form with different contents: that index cannot hold them
+            conn.execute("UPDATE notes SET submit_token = NULL WHERE (owner, submit_token) IN (SELECT owner, submit_token "
+                         "FROM notes WHERE submit_token IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1)")
+            conn.execute("CREATE UNIQUE INDEX notes_submit_token ON notes (owner, submit_token) WHERE submit_token IS NOT NULL")
     name = f"carol-{secrets.token_hex(4)}"
-    with example_app(pg_database_url, example_env) as app:  # a restarted app server adds it back
+    with example_app(pg_database_url, example_env) as app:  # a restarted app server brings the schema up to date
         user = User(app, name)
         user.sign_in()
-        data = {**form_posting_to(text(user.client.get("/notes/new")), "/notes").fields, **PLAN}
+        fields = form_posting_to(text(user.client.get("/notes/new")), "/notes").fields
+        data = {**fields, **PLAN}
         first = location(user.client.post("/notes", data=data))
         assert location(user.client.post("/notes", data=data)) == first
         submitted = NoteStore.submitted
         calls: list[str] = []
 
-        def missed_once(self: NoteStore, token: str) -> int | None:
+        def missed_once(self: NoteStore, token: str, digest: str) -> int | None:
             calls.append(token)
-            return None if len(calls) == 1 else submitted(self, token)
+            return None if len(calls) == 1 else submitted(self, token, digest)
 
-        monkeypatch.setattr(NoteStore, "submitted", missed_once)  # the unique index decides
-        assert location(user.client.post("/notes", data=data)) == first
+        with monkeypatch.context() as m:
+            m.setattr(NoteStore, "submitted", missed_once)  # the unique index decides
+            assert location(user.client.post("/notes", data=data)) == first
         assert len(calls) == 2
         assert [n["title"] for n in user.api_notes()] == [PLAN["title"]]
-    assert _pg_rows(pg_database_url, "SELECT count(*) FROM notes WHERE owner = %s", (name,)) == [(1,)]
-    assert _pg_rows(pg_database_url, "SELECT indexname FROM pg_indexes WHERE indexname = 'notes_submit_token'")
+        other = location(user.client.post("/notes", data={**fields, **SHOP}))  # the same form, other content
+        assert other != first and location(user.client.post("/notes", data={**fields, **SHOP})) == other
+        assert sorted(n["title"] for n in user.api_notes()) == sorted([PLAN["title"], SHOP["title"]])
+    assert _pg_rows(pg_database_url, "SELECT count(*) FROM notes WHERE owner = %s", (name,)) == [(2,)]
+    indexes = "SELECT indexname FROM pg_indexes WHERE indexname IN ('notes_submitted', 'notes_submit_token')"
+    assert _pg_rows(pg_database_url, indexes) == [("notes_submitted",)]  # yesterday's index replaced
 
 
 def test_postgres_connections_have_a_connect_and_a_statement_timeout(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from lockkit.errors import ConfigurationError, DecryptionError, EncryptionError,
 from lockkit.flask import LockKit
 
 from .db import Database
+from .notes import submit_key
 
 csrf = CSRFProtect()
 lockkit = LockKit()
@@ -85,6 +86,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db = Database(app.config["DATABASE_URL"])
     db.create_schema()
     app.extensions["notes_db"] = db
+    app.extensions["notes_submit_key"] = submit_key(app.config["SECRET_KEY"])  # new-note digests (notes.py)
     app.teardown_appcontext(lambda exc: db.close())  # one connection per request thread, closed after
 
     @app.errorhandler(404)
@@ -133,14 +135,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return render_template("error.html", heading=heading, message=err.message), status
 
     # the database or the session store down: 503 "Temporarily unavailable", never Flask's bare
-    # 500 (nor, under /api/, HTML)
-    outages: tuple[type[Exception], ...] = db.errors
+    # 500 (nor, under /api/, HTML). Only an outage: any other error of theirs (a query with a
+    # bug, a value refused) is a 500 with its traceback logged, not a "try again shortly" that
+    # never comes right
+    store_outages: tuple[type[Exception], ...] = ()
+    not_outages: tuple[type[Exception], ...] = ()
     try:
         import redis
     except ImportError:  # optional: only with REDIS_URL
         pass
     else:
-        outages += (redis.RedisError,)
+        store_outages = (redis.ConnectionError, redis.TimeoutError)
+        # refused credentials are redis.ConnectionError too, but a wrong password does not pass
+        not_outages = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+    def is_outage(err: BaseException | None) -> bool:
+        """The database or the session store not answering (it passes): see Database.is_outage."""
+        if isinstance(err, store_outages):
+            return not isinstance(err, not_outages)
+        return err is not None and db.is_outage(err)
 
     def store_unavailable(err: Exception) -> Any:
         from flask import request
@@ -153,15 +166,32 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                     type(err).__name__, f", SQLSTATE {code}" if code else "", request.method, request.path)
         return unavailable(STORE_UNAVAILABLE)
 
-    for error in outages:
-        app.register_error_handler(error, store_unavailable)
+    def store_failed(err: Exception) -> Any:
+        """A database (or Redis) error reached a view: 503 for an outage; anything else is a bug
+        and Flask's 500, its traceback logged at ERROR (raised instead when Flask propagates
+        errors: testing, debug)."""
+        from flask import request
+
+        if is_outage(err):
+            return store_unavailable(err)
+        propagate = app.config.get("PROPAGATE_EXCEPTIONS")
+        if propagate if propagate is not None else (app.testing or app.debug):
+            raise err
+        log.error("%s error (%s) on %s %s", "database" if isinstance(err, db.errors) else "session store",
+                  type(err).__name__, request.method, request.path,
+                  exc_info=db.loggable(err) if isinstance(err, db.errors) else err)
+        return InternalServerError(original_exception=err)
+
+    for error in (*db.errors, *store_outages):
+        app.register_error_handler(error, store_failed)
 
     @app.errorhandler(InternalServerError)
     def internal_error(err: InternalServerError) -> Any:
         """An error outside the view reaches Flask as a 500 (saving the session after the
         response was made): the outages above still answer 503."""
-        if isinstance(err.original_exception, outages):
-            return store_unavailable(err.original_exception)
+        original = err.original_exception
+        if isinstance(original, Exception) and is_outage(original):
+            return store_unavailable(original)
         return err
 
     import datetime as dt

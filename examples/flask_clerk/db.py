@@ -23,7 +23,8 @@ SCHEMA = [
         body TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
-        submit_token TEXT)""",
+        submit_token TEXT,
+        submit_digest TEXT)""",
     "CREATE INDEX IF NOT EXISTS notes_owner ON notes (owner)",
     """CREATE TABLE IF NOT EXISTS note_tags (
         note_id INTEGER NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
@@ -33,11 +34,16 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS note_tags_lookup ON note_tags (owner, tag_hm)",
     "CREATE INDEX IF NOT EXISTS note_tags_note ON note_tags (note_id)",
 ]
-#: added to databases created before it existed (see ``Database.create_schema``): the token of
-#: the new-note form a note was saved from, so that sending the same form again (after a
-#: response that never arrived) finds that note instead of saving a second copy
-SUBMIT_TOKEN_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS notes_submit_token ON notes (owner, submit_token) "
-                      "WHERE submit_token IS NOT NULL")
+#: columns added to databases created before they existed (see ``Database.create_schema``):
+#: the token of the new-note form a note was saved from, and a keyed digest of what was saved
+#: with it (``notes.submit_digest``): sending the same form again with the same content (after
+#: a response that never arrived) finds that note instead of saving a second copy; the same
+#: form with other content (reused after Back) is another note
+ADDED_COLUMNS = ("submit_token", "submit_digest")
+SUBMIT_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS notes_submitted ON notes (owner, submit_token, submit_digest) "
+                "WHERE submit_token IS NOT NULL")
+#: the index before submit_digest existed: one note per form, whatever it held (replaced by SUBMIT_INDEX)
+OLD_SUBMIT_INDEX = "notes_submit_token"
 #: PostgreSQL: how long a connection attempt may take (seconds), and any one statement
 #: (milliseconds), unless DATABASE_URL (or PGCONNECT_TIMEOUT / PGOPTIONS) says otherwise. Without
 #: them a PostgreSQL that accepts connections but does not answer holds every request for
@@ -48,6 +54,14 @@ CONNECT_TIMEOUT, STATEMENT_TIMEOUT_MS = 5, 15_000
 _SCHEMA_LOCK = 0x6C6F636B6B6974  # "lockkit"
 #: the largest id a note can have (SQLite INTEGER; PostgreSQL SERIAL is smaller and just finds none)
 MAX_ID = 2**63 - 1
+#: PostgreSQL SQLSTATE classes of an outage: connection exception (08), insufficient resources
+#: (53: too many connections, disk full), operator intervention (57: a statement timeout, a
+#: server shutting down). psycopg raises OperationalError for these; any error it raises with
+#: one of them counts too.
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+#: SQLite's primary result code for a statement that cannot run (a syntax error, no such table
+#: or column): sqlite3 raises it as OperationalError, but it is a bug, not an outage
+_SQLITE_ERROR = 1
 
 
 class Database:
@@ -67,6 +81,34 @@ class Database:
             import psycopg
 
             self.errors, self.conflicts = (psycopg.Error,), (psycopg.IntegrityError,)
+
+    def is_outage(self, err: BaseException) -> bool:
+        """Is ``err`` the database not answering (unreachable, locked, full, timed out, shutting
+        down: it passes, and the request may be tried again) rather than a statement or value it
+        refuses (ProgrammingError, IntegrityError, DataError, InterfaceError, a syntax error: a
+        bug, which trying again does not fix)?"""
+        if self.postgres:
+            import psycopg
+
+            if isinstance(err, psycopg.OperationalError):
+                return True
+            code = getattr(err, "sqlstate", None)
+            return isinstance(err, psycopg.Error) and isinstance(code, str) and code[:2] in OUTAGE_SQLSTATE_CLASSES
+        if isinstance(err, sqlite3.OperationalError):
+            code = getattr(err, "sqlite_errorcode", None)  # Python >= 3.11
+            return not (isinstance(code, int) and code & 0xFF == _SQLITE_ERROR)
+        return False
+
+    def loggable(self, err: BaseException) -> BaseException:
+        """What to log of a database error: SQLite's own (its messages name SQL and the schema,
+        never a bound value), else a stand-in with the driver's type and SQLSTATE and the same
+        traceback (a PostgreSQL message may quote the values of a statement)."""
+        if isinstance(err, sqlite3.Error):
+            return err
+        code = getattr(err, "sqlstate", None)
+        kind = f"{type(err).__module__}.{type(err).__qualname__}" + (f", SQLSTATE {code}" if code else "")
+        return DatabaseFailure(f"{kind} (the message is not logged: it may quote a statement's values)").with_traceback(
+            err.__traceback__)
 
     def _connect(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -128,19 +170,32 @@ class Database:
                 cur.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
             for stmt in SCHEMA:
                 cur.execute(stmt.format(pk=pk))
-            # databases made before submit_token existed get the column (and its index) here;
-            # looked up first: ALTER TABLE would lock the table against every reader, even as a no-op
+            # databases made before submit_token / submit_digest existed get the columns (and the
+            # index) here; looked up first: ALTER TABLE (and CREATE or DROP INDEX) would lock the
+            # table against every reader, even as a no-op
+            for column in ADDED_COLUMNS:
+                if self.postgres:
+                    if not cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                                       "AND table_name = 'notes' AND column_name = ?", (column,)).fetchone():
+                        cur.execute(f"ALTER TABLE notes ADD COLUMN IF NOT EXISTS {column} TEXT")
+                elif column not in {r[1] for r in cur.execute("PRAGMA table_info(notes)").fetchall()}:
+                    try:
+                        cur.execute(f"ALTER TABLE notes ADD COLUMN {column} TEXT")
+                    except sqlite3.OperationalError as err:  # another process added it meanwhile
+                        if "duplicate column" not in str(err):
+                            raise
             if self.postgres:
-                if not cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                                   "AND table_name = 'notes' AND column_name = 'submit_token'").fetchone():
-                    cur.execute("ALTER TABLE notes ADD COLUMN IF NOT EXISTS submit_token TEXT")
-            elif "submit_token" not in {r[1] for r in cur.execute("PRAGMA table_info(notes)").fetchall()}:
-                try:
-                    cur.execute("ALTER TABLE notes ADD COLUMN submit_token TEXT")
-                except sqlite3.OperationalError as err:  # another process added it meanwhile
-                    if "duplicate column" not in str(err):
-                        raise
-            cur.execute(SUBMIT_TOKEN_INDEX)
+                indexes = {r[0] for r in cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                                                     "AND tablename = 'notes'").fetchall()}
+            else:
+                indexes = {r[1] for r in cur.execute("PRAGMA index_list(notes)").fetchall()}
+            if "notes_submitted" not in indexes:
+                cur.execute(f"DROP INDEX IF EXISTS {OLD_SUBMIT_INDEX}")
+                cur.execute(SUBMIT_INDEX)
+
+
+class DatabaseFailure(Exception):
+    """Stands in for a database driver's error in the log (see :meth:`Database.loggable`)."""
 
 
 class _Cursor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import secrets
 import time
@@ -101,6 +104,23 @@ def submit_token(value: str | None) -> str | None:
     return value if value is not None and _SUBMIT_TOKEN.fullmatch(value) else None
 
 
+def submit_key(secret_key: str | bytes) -> bytes:
+    """The key of :func:`submit_digest`, derived from the app's ``SECRET_KEY`` (HMAC-SHA256
+    with a label of its own: never the key that signs sessions itself)."""
+    secret = secret_key.encode() if isinstance(secret_key, str) else bytes(secret_key)
+    return hmac.new(secret, b"examples.flask_clerk notes: new-note submit digest v1", hashlib.sha256).digest()
+
+
+def submit_digest(key: bytes, owner: str, token: str, title: str, body: str, tags: list[str]) -> str:
+    """A keyed digest (HMAC-SHA256, hex) of a new note's content as saved, stored with the
+    form's submit token: the same form sent again with the same content finds the note it
+    saved; with other content (the form reused after Back) it is another note. Keyed by the
+    app's secret and bound to the owner and the token, it tells the database nothing about the
+    content, not even which notes hold the same."""
+    message = json.dumps([owner, token, title, body, tags], separators=(",", ":"))  # ASCII: any string encodes
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
 def clean(title: str, body: str, tags: str) -> tuple[str, str, list[str]]:
     title, body = title.strip(), body.strip()
     tag_list = sorted({t.strip().lower() for t in tags.replace(";", ",").split(",") if t.strip()})
@@ -117,8 +137,11 @@ class NoteStore:
     """Reads and writes notes for one owner. ``owner`` is the verified ``sub``: every query
     is scoped by it, and every value is sealed with the owner's lock context."""
 
-    def __init__(self, db: Database, client: Encryption, owner: str, lock_context: LockContext) -> None:
+    def __init__(self, db: Database, client: Encryption, owner: str, lock_context: LockContext, *,
+                 submit_key: bytes | None = None) -> None:
         self.db, self.client, self.owner, self.lc = db, client, owner, lock_context
+        #: the key of the submitted notes' digests (see :func:`submit_key`); needed to save with a submit token
+        self.submit_key = submit_key
 
     def _encrypt(self, title: str, body: str, tags: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with _key_service():
@@ -131,10 +154,15 @@ class NoteStore:
     def create(self, title: str, body: str, tags: list[str], *, now: float | None = None,
                submit_token: str | None = None) -> int:
         """Encrypt and store a new note; returns its id. With a ``submit_token`` (see
-        :func:`submit_token`) a note already saved with it is not saved again: its id is
-        returned (a form sent twice, when the answer to the first never arrived)."""
+        :func:`submit_token`) the same content already saved with it is not saved again: that
+        note's id is returned (a form sent twice, when the answer to the first never arrived).
+        Other content sent with the same token (the form reused after Back) is a new note."""
+        digest = None
         if submit_token is not None:
-            done = self.submitted(submit_token)
+            if self.submit_key is None:
+                raise ValueError("saving with a submit token needs the store's submit_key")
+            digest = submit_digest(self.submit_key, self.owner, submit_token, title, body, tags)
+            done = self.submitted(submit_token, digest)
             if done is not None:
                 return done
         row, tag_payloads = self._encrypt(title, body, tags)  # encrypt first: a failure stores nothing
@@ -142,25 +170,29 @@ class NoteStore:
         try:
             with self.db.transaction() as cur:
                 note_id = cur.insert(
-                    "INSERT INTO notes (owner, title, body, created_at, updated_at, submit_token) VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.owner, dumps(row["title"]), dumps(row["body"]), ts, ts, submit_token),
+                    "INSERT INTO notes (owner, title, body, created_at, updated_at, submit_token, submit_digest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (self.owner, dumps(row["title"]), dumps(row["body"]), ts, ts, submit_token, digest),
                 )
                 for p in tag_payloads:
                     cur.execute("INSERT INTO note_tags (note_id, owner, tag, tag_hm) VALUES (?, ?, ?, ?)",
                                 (note_id, self.owner, dumps(p), p["hm"]))
         except self.db.conflicts:
-            # the same form sent twice at once: the other request's note holds the token (the
-            # unique index refused this one, rolled back)
-            done = self.submitted(submit_token) if submit_token is not None else None
+            # the same form sent twice at once with the same content: the other request's note
+            # holds the token and digest (the unique index refused this one, rolled back)
+            done = self.submitted(submit_token, digest) if submit_token is not None and digest is not None else None
             if done is None:
                 raise
             return done
         return note_id
 
-    def submitted(self, token: str) -> int | None:
-        """The id of this owner's note saved from the form carrying ``token``, if any."""
+    def submitted(self, token: str, digest: str) -> int | None:
+        """The id of this owner's note saved from the form carrying ``token`` with the content
+        whose :func:`submit_digest` is ``digest``, if any. (A note saved before digests existed
+        has none, and is not found: a copy, never a note dropped.)"""
         with self.db.transaction() as cur:
-            row = cur.execute("SELECT id FROM notes WHERE owner = ? AND submit_token = ?", (self.owner, token)).fetchone()
+            row = cur.execute("SELECT id FROM notes WHERE owner = ? AND submit_token = ? AND submit_digest = ?",
+                              (self.owner, token, digest)).fetchone()
         return int(row[0]) if row is not None else None
 
     def update(self, note_id: int, title: str, body: str, tags: list[str]) -> bool:

@@ -10,7 +10,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from lockkit.errors import EncryptionError
 from lockkit.flask import (
@@ -52,7 +64,7 @@ def store() -> NoteStore:
     assert claims is not None  # every caller is behind @lock_context_required
     db: Database = current_app.extensions["notes_db"]
     client = get_state().encryption([notes_table])
-    return NoteStore(db, client, claims["sub"], current_lock_context)
+    return NoteStore(db, client, claims["sub"], current_lock_context, submit_key=current_app.extensions["notes_submit_key"])
 
 
 @bp.app_context_processor
@@ -152,8 +164,11 @@ def signout() -> Any:
 @bp.get("/notes/new")
 @lock_context_required
 def new_note() -> Any:
-    # the form's token: sending it twice (the answer to the first got lost) saves one note
-    return render_template("note_form.html", note=None, form={}, submit_token=new_submit_token())
+    # the form's token: sending it twice (the answer to the first got lost) saves one note.
+    # Never kept by the browser: Back after saving fetches a new form, with a new token
+    resp = make_response(render_template("note_form.html", note=None, form={}, submit_token=new_submit_token()))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 @bp.post("/notes")
@@ -166,7 +181,8 @@ def create_note() -> Any:
         flash(str(err), "error")
         return render_template("note_form.html", note=None, form=request.form,
                                submit_token=token or new_submit_token()), 400
-    note_id = store().create(title, body, tags, submit_token=token)  # the same form twice: one note
+    # the same form twice with the same content: one note (other content: another note)
+    note_id = store().create(title, body, tags, submit_token=token)
     flash("Note saved (encrypted).", "ok")
     return redirect(url_for("notes.show_note", note_id=note_id))
 
