@@ -24,7 +24,8 @@ The provider is a thin layer on lockkit's core verifier (:class:`lockkit.oidc.OI
   token is then verified again by the strict core verifier. The ID token and refresh token are
   **sealed** (AES-GCM, :class:`lockkit.flask.Sealer`) before they enter the session.
 * **Refresh.** When the session's ID token expires within the kit's refresh window and a
-  refresh token exists, it is refreshed once at the token endpoint (with a timeout). A refused
+  refresh token exists, it is refreshed once at the token endpoint (with a timeout; the whole
+  answer within twice the timeout, as the callback's code exchange). A refused
   refresh signs the user out locally, so the next protected page sends them to sign in: never
   a loop. A transient failure (no answer, 5xx) keeps the current ID token until it expires,
   and no refresh is tried for :data:`REFRESH_RETRY_INTERVAL` seconds; one refresh at a time
@@ -68,6 +69,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import requests
 from authlib.common.errors import AuthlibBaseError  # type: ignore[import-untyped]
 from authlib.integrations.flask_client import FlaskIntegration, FlaskOAuth2App  # type: ignore[import-untyped]
+from authlib.integrations.requests_client import OAuth2Session  # type: ignore[import-untyped]
 from flask import Blueprint, Flask, Response, abort, current_app, has_request_context, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.http import dump_cookie
@@ -105,6 +107,9 @@ DISCOVERY_RETRY_INTERVAL: Final = 5.0
 #: this long: each request would otherwise wait for the token endpoint again
 REFRESH_RETRY_INTERVAL: Final = 5.0
 MAX_DISCOVERY_BYTES: Final = 1 << 20
+#: the largest answer read from the token endpoint (and Authlib's JWKS fetch at sign-in): a
+#: token response is a few kilobytes
+MAX_TOKEN_RESPONSE_BYTES: Final = 1 << 20
 #: sign-ins started but not finished that one session keeps (several tabs); older ones lapse
 MAX_PENDING_LOGINS: Final = 3
 #: the longest ``Set-Cookie`` header (name, value, attributes) this provider lets Flask's cookie
@@ -553,6 +558,32 @@ class _Refreshed:
 _Outcome = _Refreshed | str
 
 
+class _TokenEndpointSession(OAuth2Session):  # type: ignore[misc]
+    """Authlib's requests session for the token endpoint (the code exchange, refreshes) and
+    Authlib's JWKS fetch at sign-in: every answer is read whole within twice the timeout and
+    at most :data:`MAX_TOKEN_RESPONSE_BYTES`, and no redirect is followed (as for discovery
+    and JWKS documents). The timeout bounds the connection and each read only: a token
+    endpoint trickling its answer would otherwise hold each refreshing request for as long as
+    it trickles, and never count as a transient failure. Cut off, it raises
+    :class:`~lockkit.oidc.BodyTooSlow` (transient: the refresh backoff starts)."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        deadline = time.monotonic() + 2 * float(self.default_timeout)  # the provider's http_timeout (> 0)
+        kwargs["stream"], kwargs["allow_redirects"] = True, False
+        resp: requests.Response = super().send(request, **kwargs)
+        try:
+            resp._content = read_body(resp, MAX_TOKEN_RESPONSE_BYTES, deadline, "token endpoint answer")
+        finally:
+            resp.close()
+        return resp
+
+
+class _OAuth2App(FlaskOAuth2App):  # type: ignore[misc]
+    """Authlib's Flask client, its requests sent through :class:`_TokenEndpointSession`."""
+
+    client_cls = _TokenEndpointSession
+
+
 class _RefreshFlight:
     """One refresh in flight for one refresh token; requests of the same session share it."""
 
@@ -830,7 +861,7 @@ class OIDCProvider(IdentityProvider):
         with self._client_lock:
             if self._client is None:
                 s = self.settings
-                self._client = FlaskOAuth2App(
+                self._client = _OAuth2App(
                     FlaskIntegration(self.blueprint_name),
                     name=self.blueprint_name,
                     client_id=s.client_id,

@@ -3,7 +3,8 @@ real OP (``op_fixture.py``) cannot be made to do - hang, trickle, answer with ma
 advertise plain-http endpoints on another host, issue oversized tokens.
 
 * :class:`ScriptedOP`: discovery, JWKS, ``/authorize`` (redirects straight back with a code),
-  ``/token`` (authorization code with PKCE, refresh), ``/revoke``; every request is counted.
+  ``/token`` (authorization code with PKCE, refresh; either may hang, trickle or answer raw
+  bytes), ``/revoke``; every request is counted.
 * :class:`HangingServer`: accepts connections and never answers.
 * :class:`TricklingServer`: answers 200 and then sends the body one byte at a time.
 * ``scripted`` (fixture): a factory whose servers are closed after the test.
@@ -56,11 +57,14 @@ class ScriptedOP:
         self.id_ttl = 3600
         self.id_claims: dict[str, Any] = {}
         self.refresh_token_size = 32
-        #: ``ok``, ``hang`` (until the test ends), ``slow`` (``slow_seconds``, then ok) or ``raw``
+        #: ``ok``, ``hang`` (until the test ends), ``slow`` (``slow_seconds``, then ok), ``raw``
+        #: or ``trickle`` (a good answer, its body one byte per ``trickle_interval`` seconds for
+        #: ``trickle_seconds``, then the rest)
         self.refresh_mode = "ok"
-        #: ``ok``, ``raw`` or ``error500``
+        #: ``ok``, ``raw``, ``error500`` or ``trickle``
         self.code_mode = "ok"
         self.slow_seconds = 1.0
+        self.trickle_interval, self.trickle_seconds = 0.25, 6.0
         #: the body of ``raw`` token answers
         self.raw_token: bytes = b"{}"
         self.hits: Counter[tuple[str, str]] = Counter()
@@ -139,6 +143,28 @@ class ScriptedOP:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _trickle(self, body: dict[str, Any]) -> None:
+                """Status and headers at once, then the body a byte at a time (each byte well
+                within any read timeout), the rest after ``trickle_seconds``; stops when the
+                OP is closed or the client has gone."""
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                end, sent = time.monotonic() + op.trickle_seconds, 0
+                try:
+                    self.wfile.flush()
+                    while time.monotonic() < end and sent < len(data) - 1:
+                        if op._released.wait(op.trickle_interval):
+                            return
+                        self.wfile.write(data[sent:sent + 1])
+                        self.wfile.flush()
+                        sent += 1
+                    self.wfile.write(data[sent:])
+                except OSError:  # the client gave up
+                    self.close_connection = True
+
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -185,6 +211,8 @@ class ScriptedOP:
                     self._send(500, b"<h1>internal error</h1>")
                 elif op.code_mode == "raw":
                     self._send(200, op.raw_token)
+                elif op.code_mode == "trickle":
+                    self._trickle(op.token_response(nonce=asked.get("nonce")))
                 else:
                     self._send(200, op.token_response(nonce=asked.get("nonce")))
 
@@ -197,6 +225,8 @@ class ScriptedOP:
                     time.sleep(op.slow_seconds)
                 if op.refresh_mode == "raw":
                     self._send(200, op.raw_token)
+                elif op.refresh_mode == "trickle":
+                    self._trickle(op.token_response())
                 else:
                     self._send(200, op.token_response())
 

@@ -224,6 +224,53 @@ def test_a_hanging_token_endpoint_is_not_retried_on_every_request(
     assert refreshed is not None and refreshed["id"] != stored["id"]
 
 
+#: the whole token endpoint answer is cut off at twice the timeout (LOCKKIT_OIDC_HTTP_TIMEOUT=1),
+#: plus one read and scheduling slack; the trickling answers below take 6 s
+TWO_TIMEOUTS = 3.5
+
+
+def test_a_trickling_token_endpoint_is_cut_off_and_the_refresh_backoff_starts(
+    scripted: Scripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refresh answer trickling a byte every 0.25 s (each read well within the 1 s timeout)
+    holds the refreshing request at most about twice the timeout, counts as a transient
+    failure (the tokens are kept), and no refresh is tried right after it."""
+    op = scripted.op()
+    op.id_ttl = 30  # inside the kit's 60 s refresh window: every request wants a refresh
+    app = scripted_app(op.issuer)
+    client, other = app.test_client(), app.test_client()
+    assert sign_in(client).status_code == 302 and sign_in(other).status_code == 302
+    stored = stored_tokens(app, client)
+    assert stored is not None
+    op.refresh_mode, op.id_ttl = "trickle", 3600  # a good answer (long-lived tokens), only slow
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        began = time.monotonic()
+        assert client.get("/").status_code == 200
+        took = time.monotonic() - began
+    assert took < TWO_TIMEOUTS, took  # ~6 s (the whole trickle) before
+    assert op.refreshes() == 1
+    assert "cannot refresh the ID token now: BodyTooSlow" in caplog.text
+    assert stored_tokens(app, client) == stored  # a transient failure: kept, not refreshed
+    for c in (client, other):  # the backoff: the next requests do not wait for the token endpoint
+        began = time.monotonic()
+        assert c.get("/").status_code == 200
+        assert time.monotonic() - began < 0.5
+    assert op.refreshes() == 1
+
+
+def test_a_trickling_code_exchange_is_503_within_twice_the_timeout(scripted: Scripted) -> None:
+    op = scripted.op()
+    op.code_mode = "trickle"
+    app = scripted_app(op.issuer)
+    client = app.test_client()
+    back = start_sign_in(client)
+    began = time.monotonic()
+    page = client.get(back)
+    assert time.monotonic() - began < TWO_TIMEOUTS
+    assert page.status_code == 503 and b"temporarily unavailable" in page.data  # signed in after ~6 s before
+    assert stored_tokens(app, client) is None
+
+
 def test_one_refresh_in_flight_per_session(scripted: Scripted) -> None:
     op = scripted.op()
     op.id_ttl = 30
