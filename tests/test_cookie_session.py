@@ -172,3 +172,14 @@ def test_what_the_app_set_on_its_session_interface_is_kept() -> None:
     b = app_b.test_client()
     b.set_cookie("session", cookie_value(a) or "")
     assert b.get("/who").get_json() == {"user": None}
+
+
+def test_works_without_the_fallbacks_setting_of_older_flask() -> None:
+    """Flask 3.0 has no SECRET_KEY_FALLBACKS in its config (pyproject allows flask>=3.0): a
+    session cookie must still open (it raised KeyError: every signed-in request a 500)."""
+    app = _app()
+    client = app.test_client()
+    client.get("/s/set/a/1")
+    assert client.get("/s/get").get_json() == {"a": "1", "items": ["1"]}  # verified, remembered
+    del app.config["SECRET_KEY_FALLBACKS"]  # as on Flask 3.0 (whose own signer never reads it)
+    assert client.get("/s/get").get_json() == {"a": "1", "items": ["1"]}

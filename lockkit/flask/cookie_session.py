@@ -52,7 +52,7 @@ class RememberingCookieSessionInterface(SecureCookieSessionInterface):
         if not val:
             return self.session_class()
         max_age = int(app.permanent_session_lifetime.total_seconds())
-        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))  # the key is Flask >= 3.1
         digest = hashlib.sha256(val.encode("utf-8", "surrogatepass")).digest()
         hit = self._memo.get(digest)
         if hit is not None and hit[0] == keys:
