@@ -751,6 +751,70 @@ def test_clerk_sign_in_page_sends_only_same_site_paths_to_the_browser(
         assert "evil.example" not in body and "javascript:" not in body.lower()
 
 
+def _clerk_signed_in(example_env: str, sqlite_path: Path) -> Any:
+    """The example in Clerk mode (offline: CLERK_JWT_KEY) and a minter of Clerk-shaped session
+    tokens for it: ``(app context manager, mint(sub, issued=...))``."""
+    import secrets
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    host = "fancy-fox-12.clerk.accounts.dev"
+    publishable = "pk_test_" + base64.b64encode(f"{host}$".encode()).decode().rstrip("=")
+
+    def mint(sub: str, issued: float | None = None) -> str:
+        iat = int(time.time() - 1 if issued is None else issued)
+        payload = {"azp": "http://localhost", "exp": iat + 60, "iat": iat, "nbf": iat - 10, "iss": f"https://{host}",
+                   "jti": secrets.token_hex(10), "sid": "sess_2example", "sts": "active", "sub": sub, "v": 2}
+        return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "ins_x", "typ": "JWT"})
+
+    app = example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_PROVIDERS=["clerk"],
+                      CLERK_PUBLISHABLE_KEY=publishable, CLERK_JWT_KEY=pem, CLERK_AUTHORIZED_PARTIES="http://localhost")
+    return app, mint
+
+
+def test_clerk_pages_keep_the_session_token_fresh_and_an_expired_post_returns_to_its_form(
+    example_env: str, sqlite_path: Path
+) -> None:
+    """Clerk session tokens live 60 s. Every page of a signed-in user loads Clerk's script,
+    which renews the cookie in the background (the sign-in and sign-out pages load it once,
+    themselves). A form posted with an expired token goes through the refresh page back to
+    the page that sent it, never to the post's own path (a GET there was a 405)."""
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    ctx, mint = _clerk_signed_in(example_env, sqlite_path)
+    with ctx as app:
+        client = app.test_client()
+        client.set_cookie("__session", mint("user_2alice"))
+        client.set_cookie("__client_uat", str(int(time.time()) - 3600))
+        page = client.get("/notes/new")
+        assert page.status_code == 200
+        body = page.get_data(as_text=True)
+        assert body.count("clerk.browser.js") == 1 and "window.Clerk.load()" in body
+        client.set_cookie("__session", "")
+        assert client.get("/signin").get_data(as_text=True).count("clerk.browser.js") == 1
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', body)
+        assert csrf is not None
+        form = {"title": "t", "body": "b", "csrf_token": csrf.group(1)}
+        client.set_cookie("__session", mint("user_2alice", issued=time.time() - 70))  # expired
+        sent = client.post("/notes", data=form,
+                           headers={"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin",
+                                    "Referer": "http://localhost/notes/new"})
+        assert sent.status_code == 302
+        target = parse_qs(urlsplit(sent.headers["Location"]).query)["next"]
+        assert target == ["/notes/new"]
+        sent = client.post("/notes", data=form,
+                           headers={"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin",
+                                    "Referer": "https://evil.example/notes/new"})
+        assert parse_qs(urlsplit(sent.headers["Location"]).query)["next"] == ["/"]
+
+
 def test_the_example_refuses_several_identity_providers(example_env: str, sqlite_path: Path) -> None:
     """Notes are stored per ``sub``: with two providers, a "alice" of each would list and
     delete the other's notes (not decrypt them), so the example runs with one provider."""

@@ -775,9 +775,10 @@ def test_identity_provider_outage_answers_503_and_stores_nothing() -> None:
         token = down.mint("alice")
         resp = client.get("/api/me", headers=bearer(token))
         assert resp.status_code == 503 and json_of(resp) == {"error": "unavailable"}
+        assert resp.headers["Retry-After"] == "30"
         assert client.post("/api/notes", json={"body": "x"}, headers=bearer(token)).status_code == 503
         page = client.get("/notes", headers=bearer(token))
-        assert page.status_code == 503  # a protected page says so too (no sign-in loop)
+        assert page.status_code == 503 and page.headers["Retry-After"] == "30"  # no sign-in loop
         public = client.get("/", headers=bearer(token))
         assert public.status_code == 200 and public.get_data(as_text=True) == "public page"
         assert down.jwks_requests >= 1
@@ -1055,3 +1056,28 @@ def test_flask_lockkit_help(app: Flask) -> None:
     assert "identity-bound encryption" in result.output
     for command in ("init", "keys"):
         assert command in result.output
+
+
+@pytest.mark.parametrize(("referer", "back_to"), [
+    ("http://localhost/notes/new?draft=1", "/notes/new?draft=1"),
+    ("https://evil.example/notes/new", "/"),
+    (None, "/"),
+])
+def test_a_refused_form_post_returns_to_the_page_that_sent_it(referer: str | None, back_to: str) -> None:
+    """Sign-in (or a token refresh) sends the browser back with a GET: for a refused POST that
+    is the same-origin page that sent it, else "/", never the post's own path (a 405)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    app = make_app()
+
+    @app.post("/notes/save")
+    @lock_context_required
+    def save() -> str:
+        return "saved"
+
+    headers = {"Referer": referer} if referer else {}
+    resp = app.test_client().post("/notes/save", headers=headers)
+    assert resp.status_code == 302
+    assert parse_qs(urlsplit(resp.headers["Location"]).query)["next"] == [back_to]
+    page = app.test_client().get("/notes?x=1")
+    assert parse_qs(urlsplit(page.headers["Location"]).query)["next"] == ["/notes?x=1"]

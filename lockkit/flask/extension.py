@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pluggy
 from flask import Flask, current_app, g, has_request_context, request, session
@@ -421,9 +422,14 @@ def refused_response(reason: str, status: int) -> Any:
             resp.status_code = status
             if status == 401:
                 resp.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if reason != "missing" else "Bearer"
+            if status == 503:
+                resp.headers["Retry-After"] = "30"
             return resp
-        return Response(_html_page(reason, status), status=status, mimetype="text/html")
-    nxt = request.full_path if request.query_string else request.path
+        page = Response(_html_page(reason, status), status=status, mimetype="text/html")
+        if status == 503:
+            page.headers["Retry-After"] = "30"
+        return page
+    nxt = _return_path()
     for p in state.providers:
         url = p.login_url(nxt)
         if url:
@@ -431,6 +437,21 @@ def refused_response(reason: str, status: int) -> Any:
     if state.login_view:
         return redirect(url_for(state.login_view, next=nxt))
     return Response(_html_page(reason, status), status=status, mimetype="text/html")
+
+
+def _return_path() -> str:
+    """Where sign-in (or a provider's token refresh) sends the browser back to: this page for a
+    GET; for a form post, the same-origin page that sent it (its ``Referer``), else ``/``. Never
+    the post's own path: the browser would come back to it with a GET (405, and the form lost
+    for nothing)."""
+    if request.method in ("GET", "HEAD"):
+        return request.full_path if request.query_string else request.path
+    referer = urlsplit(request.referrer or "")
+    here = urlsplit(request.host_url)
+    if (referer.scheme, referer.netloc) == (here.scheme, here.netloc) and referer.path.startswith("/") \
+            and not referer.path.startswith("//"):
+        return referer.path + (f"?{referer.query}" if referer.query else "")
+    return "/"
 
 
 _MESSAGES = {
