@@ -1321,7 +1321,10 @@ def test_database_outages_are_told_from_bugs() -> None:
                 psycopg.errors.DeadlockDetected()):
         assert pg.is_outage(err), err
     for err in (psycopg.ProgrammingError("syntax"), psycopg.errors.UniqueViolation(), psycopg.DataError("bad"),
-                psycopg.InterfaceError("misuse"), psycopg.errors.UndefinedColumn()):
+                psycopg.InterfaceError("misuse"), psycopg.errors.UndefinedColumn(),
+                # OperationalErrors the server answers that never pass: a limit, refused credentials
+                psycopg.errors.ProgramLimitExceeded(), psycopg.errors.InvalidPassword(),
+                psycopg.errors.ObjectNotInPrerequisiteState()):
         assert not pg.is_outage(err), err
     conn = sqlite3.connect(":memory:")
     try:
@@ -1388,6 +1391,49 @@ def test_a_note_saved_before_the_session_store_failed_is_not_saved_twice(
     note_id = int(location(again).rsplit("/", 1)[1])
     assert _count(sqlite_path, "notes") == 1 and _count(sqlite_path, "note_tags") == 2
     assert [n["id"] for n in alice.api_notes()] == [note_id]
+
+
+@pytest.mark.parametrize("refusal", ["ReadOnlyError", "OutOfMemoryError", "TryAgainError"])
+def test_a_session_store_that_refuses_writes_for_a_while_is_503(
+    redis_notes_app: tuple[Flask, Any, str], sqlite_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """Redis answering but refusing writes (a read-only replica after a failover, full under
+    noeviction, a cluster resharding) passes like an unreachable one: 503 and "sending the same
+    form again saves it once", not Flask's bare 500 after the note was saved."""
+    import redis
+
+    app, _, _ = redis_notes_app
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    alice = User(app, "alice")
+    alice.sign_in()
+    form = form_posting_to(text(alice.client.get("/notes/new")), "/notes")
+    interface: Any = app.session_interface
+    error = getattr(redis.exceptions, refusal)
+
+    class Refusing:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def set(self, *args: Any, **kwargs: Any) -> Any:
+            raise error("refused for a while")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    create = NoteStore.create
+
+    def create_then_redis_refuses(self: NoteStore, *args: Any, **kwargs: Any) -> int:
+        note_id = create(self, *args, **kwargs)
+        interface.client = Refusing(interface.client)
+        return note_id
+
+    with monkeypatch.context() as m:
+        m.setattr(NoteStore, "create", create_then_redis_refuses)
+        m.setattr(interface, "client", interface.client)  # put back when the context ends
+        failed = alice.client.post("/notes", data={**form.fields, **PLAN})
+    _unavailable_page(failed, "POST /notes")
+    assert "sending the same form again saves it once" in text(failed)
+    assert _count(sqlite_path, "notes") == 1
 
 
 def test_sending_the_new_note_form_twice_saves_one_note(alice: User, sqlite_path: Path,

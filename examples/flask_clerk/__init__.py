@@ -145,7 +145,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     except ImportError:  # optional: only with REDIS_URL
         pass
     else:
-        store_outages = (redis.ConnectionError, redis.TimeoutError)
+        # not answering, or answering but refusing writes for a while (full under noeviction, a
+        # read-only replica after a failover, a cluster that is down or resharding)
+        errs = redis.exceptions
+        store_outages = (redis.ConnectionError, redis.TimeoutError, errs.ReadOnlyError, errs.OutOfMemoryError,
+                         errs.ClusterDownError, errs.TryAgainError)
         # refused credentials are redis.ConnectionError too, but a wrong password does not pass
         not_outages = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 

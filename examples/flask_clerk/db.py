@@ -58,7 +58,7 @@ MAX_ID = 2**63 - 1
 #: (53: too many connections, disk full), operator intervention (57: a statement timeout, a
 #: server shutting down). psycopg raises OperationalError for these; any error it raises with
 #: one of them counts too.
-OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
 #: SQLite's primary result code for a statement that cannot run (a syntax error, no such table
 #: or column): sqlite3 raises it as OperationalError, but it is a bug, not an outage
 _SQLITE_ERROR = 1
@@ -90,10 +90,11 @@ class Database:
         if self.postgres:
             import psycopg
 
-            if isinstance(err, psycopg.OperationalError):
-                return True
             code = getattr(err, "sqlstate", None)
-            return isinstance(err, psycopg.Error) and isinstance(code, str) and code[:2] in OUTAGE_SQLSTATE_CLASSES
+            if isinstance(code, str) and code:  # the server answered: its class says whether it passes
+                return isinstance(err, psycopg.Error) and code[:2] in OUTAGE_SQLSTATE_CLASSES
+            # no SQLSTATE: the connection itself failed (refused, reset, timed out)
+            return isinstance(err, psycopg.OperationalError)
         if isinstance(err, sqlite3.OperationalError):
             code = getattr(err, "sqlite_errorcode", None)  # Python >= 3.11
             return not (isinstance(code, int) and code & 0xFF == _SQLITE_ERROR)
