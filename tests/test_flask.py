@@ -1081,3 +1081,21 @@ def test_a_refused_form_post_returns_to_the_page_that_sent_it(referer: str | Non
     assert parse_qs(urlsplit(resp.headers["Location"]).query)["next"] == [back_to]
     page = app.test_client().get("/notes?x=1")
     assert parse_qs(urlsplit(page.headers["Location"]).query)["next"] == ["/notes?x=1"]
+
+
+def test_a_table_declared_anew_with_other_columns_gets_its_own_client() -> None:
+    """``get_state().encryption([...])`` caches clients by table names: a table redefined under
+    the same name (an app that builds its schema per request, a reload) gets a client for the
+    new definition instead of "not the one declared"."""
+    from lockkit import encrypted_column, encrypted_table
+
+    app = make_app()
+    with app.app_context():
+        state = get_state(app)
+        first = encrypted_table("things", a=encrypted_column("a"))
+        same = encrypted_table("things", a=encrypted_column("a"))
+        other = encrypted_table("things", a=encrypted_column("a"), b=encrypted_column("b").data_type("int"))
+        client = state.encryption([first])
+        assert state.encryption([first]) is client and state.encryption([same]) is client
+        fresh = state.encryption([other])
+        assert fresh is not client and fresh.table("things") is other

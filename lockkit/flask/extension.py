@@ -97,10 +97,13 @@ class LockKitState:
         return None
 
     def encryption(self, schemas: Sequence[EncryptedTable], keyset: str | None = None) -> Encryption:
-        """An encryption client on this app's services (cached per schema set)."""
+        """An encryption client on this app's services (cached per schema set; a table declared
+        anew with other columns under the same name gets a new client, not a ClientInitError)."""
         key = tuple(t.table_name for t in schemas) + (keyset or "",)
         client = self.clients.get(key)
-        if client is None:
+        if client is None or any(
+            (declared := client._tables.get(t.table_name)) is not t and declared != t for t in schemas
+        ):
             client = self.clients[key] = Encryption(
                 schemas, key_service=self.key_service, token_service=self.token_service,
                 keyset=keyset or self.settings.keyset,
