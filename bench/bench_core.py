@@ -299,7 +299,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             })
 
         # Per-call fixed cost: single-value encrypt()/decrypt() (key release, CTS token check
-        # from the verifier's cache, key derivation, one value). Amortised away in bulk.
+        # from the verifier's cache, the derived key from the key cache, one value). Amortised away in bulk.
         k = cfg["single_calls"]
         one = emails[0]
         one_payload = p_plain[0]
@@ -361,7 +361,7 @@ def report(results: Mapping[str, Any]) -> None:
     print("\n".join(extra))
     sc = results["single_call"]
     print("\nper-call fixed cost (single-value encrypt()/decrypt() with the lock context; key release,"
-          " cached CTS check, key derivation):")
+          " cached CTS check, derived key from the cache; a first call per user and column also derives it):")
     print(f"  encrypt {_us(sc['encrypt']['median_us'])} us/call   decrypt {_us(sc['decrypt']['median_us'])} us/call"
           "   (amortised over the batch in the bulk rows above)")
     steal = results.get("cpu_steal_percent")

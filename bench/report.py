@@ -217,8 +217,9 @@ def section_core(res: Mapping[str, Any]) -> str:
     sc = res.get("single_call")
     if sc:
         lines.append(f"Per-call fixed cost (one-value `encrypt()` / `decrypt()`: key release, cached CTS check, "
-                     f"key derivation): {_num(sc['encrypt']['median_us'])} / {_num(sc['decrypt']['median_us'])} us "
-                     "per call.")
+                     f"the derived key from the service's cache): {_num(sc['encrypt']['median_us'])} / "
+                     f"{_num(sc['decrypt']['median_us'])} us per call. The first call for a user and column in a "
+                     "process also derives the key (HKDF, ~20 us more).")
     return "\n".join(lines)
 
 
@@ -664,7 +665,7 @@ def render(data: Mapping[str, Any], charts: Mapping[str, str]) -> str:
         "* **What the floors exclude.** The floor (`cryptography` AESGCM, one key, a random nonce per value) does "
         "no key derivation or key release, no lock context or token check, no associated data, no key checks, no "
         "payload format (dict, base64), no per-item results, no search terms: it is the least work that still "
-        "encrypts each value with an AEAD. Fernet and Tink bind nothing to a user; Tink and the AWS Encryption SDK "
+        "encrypts each value with an AEAD. Fernet binds nothing to a user; Tink and the AWS Encryption SDK "
         "get table, column and user as associated data / encryption context, lockkit locks each value to the "
         "user's `sub` through a CTS token. The OpenBao transit rows are server-side encryption with the user's "
         "own token; lockkit on OpenBao encrypts locally under one wrapped data key per batch.",
