@@ -28,7 +28,7 @@ from ..identity import CtsToken, LockContext, TokenService
 from ..keys import KeyService
 from ..oidc import Claims
 from ..plugins import audit_sinks, identity_provider_classes, make_plugin_manager
-from ..provider import IdentityProvider
+from ..provider import IdentityProvider, safe_next
 from ..schema import EncryptedTable
 from ..services import build_services
 from . import signals
@@ -451,10 +451,9 @@ def _return_path() -> str:
         return request.full_path if request.query_string else request.path
     referer = urlsplit(request.referrer or "")
     here = urlsplit(request.host_url)
-    if (referer.scheme, referer.netloc) == (here.scheme, here.netloc) and referer.path.startswith("/") \
-            and not referer.path.startswith("//"):
-        return referer.path + (f"?{referer.query}" if referer.query else "")
-    return "/"
+    if (referer.scheme, referer.netloc) != (here.scheme, here.netloc):
+        return "/"
+    return safe_next(referer.path + (f"?{referer.query}" if referer.query else ""))
 
 
 _MESSAGES = {
