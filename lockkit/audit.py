@@ -506,6 +506,17 @@ class AuditLog:
         except AuditError:
             return None
 
+    def _open_committed(self) -> tuple[BinaryIO, int] | None:
+        """The log opened for reading and how many of its bytes the head commits (all of them
+        when there is no head yet), or ``None`` when there is no log."""
+        committed = self._committed()
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return None
+        size = os.fstat(fh.fileno()).st_size
+        return fh, size if committed is None else min(committed, size)
+
     def events(self) -> Iterator[tuple[int, AuditEvent]]:
         """``(seq, event)`` for every committed entry, oldest first, read as a stream (no MAC
         or chain check: call :meth:`verify` for that; ``lockkit audit show`` does and warns).
@@ -514,13 +525,12 @@ class AuditLog:
 
         :raises AuditError: a line is damaged (not an entry).
         """
-        committed = self._committed()
-        try:
-            fh = open(self.path, "rb")
-        except FileNotFoundError:
+        opened = self._open_committed()
+        if opened is None:
             return
+        fh, end = opened
         with fh:
-            for n, raw in enumerate(_read_lines(fh, committed), start=1):
+            for n, raw in enumerate(_read_lines(fh, end), start=1):
                 try:
                     entry = json.loads(raw.decode("utf-8", errors="replace"))
                     yield entry["seq"], AuditEvent.from_dict(entry["event"])
@@ -534,14 +544,11 @@ class AuditLog:
 
         :raises AuditError: a line holding ``needle`` is damaged.
         """
-        committed = self._committed()
-        try:
-            fh = open(self.path, "rb")
-        except FileNotFoundError:
+        opened = self._open_committed()
+        if opened is None:
             return
+        fh, end = opened
         with fh:
-            size = os.fstat(fh.fileno()).st_size
-            end = size if committed is None else min(committed, size)
             for offset, raw in _lines_backwards(fh, end, needle):
                 try:
                     entry = json.loads(raw.decode("utf-8", errors="replace"))
