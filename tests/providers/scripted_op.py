@@ -233,18 +233,16 @@ class ScriptedOP:
         return Handler
 
 
-class HangingServer:
-    """Accepts TCP connections on 127.0.0.1 and never answers (an overloaded IdP, a stuck load
-    balancer). ``port`` may name a port to take over (a restarted IdP)."""
+class _Listener:
+    """A TCP listener on 127.0.0.1 handing each accepted connection to :meth:`_take`."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, backlog: int = 16) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = int(self.sock.getsockname()[1])
         self.accepted = 0
-        self._held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -258,40 +256,43 @@ class HangingServer:
             except OSError:
                 return
             self.accepted += 1
-            self._held.append(conn)
+            self._take(conn)
+
+    def _take(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.sock.close()
+
+
+class HangingServer(_Listener):
+    """Accepts TCP connections on 127.0.0.1 and never answers (an overloaded IdP, a stuck load
+    balancer). ``port`` may name a port to take over (a restarted IdP)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._held: list[socket.socket] = []
+        super().__init__(port, backlog=64)
+
+    def _take(self, conn: socket.socket) -> None:
+        self._held.append(conn)
+
+    def close(self) -> None:
+        super().close()
         for conn in self._held:
             conn.close()
 
 
-class TricklingServer:
+class TricklingServer(_Listener):
     """Answers every request with 200, a large ``Content-Length`` and then one byte every
     ``interval`` seconds for ``duration`` seconds: each read arrives well within any timeout."""
 
     def __init__(self, interval: float = 0.25, duration: float = 6.0) -> None:
         self.interval, self.duration = interval, duration
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = int(self.sock.getsockname()[1])
-        self.accepted = 0
         self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    @property
-    def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+    def _take(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
 
     def _drip(self, conn: socket.socket) -> None:
         with conn:
@@ -306,7 +307,7 @@ class TricklingServer:
 
     def close(self) -> None:
         self._closed.set()
-        self.sock.close()
+        super().close()
 
 
 class Scripted:
