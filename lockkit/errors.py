@@ -7,6 +7,9 @@ reference product's error names, and :meth:`Result.unwrap` raises the matching c
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, Generic, Literal, NoReturn, TypeVar, get_args
 
 T = TypeVar("T")
@@ -214,20 +217,20 @@ class Result(Generic[T]):
 _set_data: Any = Result.__dict__["data"].__set__
 _set_failure: Any = Result.__dict__["failure"].__set__
 _new = object.__new__
+_consume: Any = deque(maxlen=0).extend  # run an iterator to its end, in C
 
 
-def ok_results(values: Any) -> list[Result[Any]]:
-    """Per-item results of a bulk operation, in one pass: ``Result(v)`` for each value, and
-    ``Result.from_error(v)`` for a :class:`LockkitError` among them; without a Python
-    ``__init__`` call per item (a Result is made for every value of a bulk operation)."""
-    out: list[Result[Any]] = []
-    append = out.append
-    for v in values:
-        if isinstance(v, LockkitError):
-            append(Result.from_error(v))
-            continue
-        r = _new(Result)
-        _set_data(r, v)
-        _set_failure(r, None)
-        append(r)
+def ok_results(values: Sequence[Any]) -> list[Result[Any]]:
+    """Per-item results of a bulk operation: ``Result(v)`` for each value, and
+    ``Result.from_error(v)`` for a :class:`LockkitError` among them. A Result is made for
+    every value of a bulk operation, so this runs no Python code per value (``map`` over C
+    functions: make the objects, fill their slots) except for the errors."""
+    n = len(values)
+    out: list[Result[Any]] = list(map(_new, repeat(Result, n)))
+    _consume(map(_set_data, out, values))
+    _consume(map(_set_failure, out, repeat(None, n)))
+    if any(map(isinstance, values, repeat(LockkitError, n))):
+        for j, v in enumerate(values):
+            if isinstance(v, LockkitError):
+                out[j] = Result.from_error(v)
     return out

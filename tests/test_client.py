@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lockkit.errors import LockkitError
 from lockkit import (
     CtsToken,
     DecryptionError,
@@ -965,3 +966,61 @@ def test_a_column_field_called_name(client: Encryption, users: EncryptedTable, a
     payload = _sealed(client.encrypt("Ada", column=users.name, table=users).with_lock_context(alice))
     assert payload["i"] == {"t": "users", "c": "name"}
     assert client.decrypt(payload).with_lock_context(alice).unwrap() == "Ada"
+
+
+def _decoded(plains: list[bytes]) -> list[Any]:
+    """What payload.decode_value gives for each plaintext: a value, or (error type, message)."""
+    from lockkit.payload import decode_value
+
+    out: list[Any] = []
+    for p in plains:
+        try:
+            out.append(decode_value(p))
+        except LockkitError as err:
+            out.append((type(err).__name__, err.message))
+    return out
+
+
+@pytest.mark.parametrize(
+    "plains",
+    [
+        [b"sal@x.y", b"s", "s\u00e9\U0001f512".encode()],
+        [b"i42", b"i-7", b"i" + b"9" * 60],
+        [b"d2024-02-29", b"d1999-12-31"],
+        [b"t2024-02-29T10:11:12+01:00", b"t2024-02-29T10:11:12.123456"],
+        [b"sone", b"i1", b"b\x01", b"f" + bytes(8), b'j{"a":[1]}', b"d2024-01-01"],  # one group, many tags
+        [b"sok", b"s\xff\xfe"],          # a text value that is not UTF-8
+        [b"i12", b"ix"],                  # an int that is not a number
+        [b"d2024-13-01", b"d2024-01-01"],  # not a date
+        [b"sok", b""],                    # no type tag at all
+        [b"qnew", b"qnewer"],             # a tag from a newer lockkit
+    ],
+    ids=["text", "int", "date", "datetime", "mixed", "bad-utf8", "bad-int", "bad-date", "empty", "unknown"],
+)
+def test_the_bulk_decoder_agrees_with_decode_value_for_every_tag(plains: list[bytes]) -> None:
+    """A batch's plaintexts are decoded all at once when they share a type tag, and value by
+    value otherwise: either way each value, and each error, is exactly decode_value's."""
+    from lockkit.client import _decode_all
+
+    got = [(type(v).__name__, v.message) if isinstance(v, LockkitError) else v for v in _decode_all(plains)]
+    want = _decoded(plains)
+    assert got == want
+    assert [type(v) for v in got] == [type(v) for v in want]
+
+
+def test_a_tampered_value_in_an_authentic_batch_fails_alone(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    """The whole batch is opened at once; a value failing authentication in it (its key check
+    intact, its ciphertext edited) fails alone and the others still decrypt, in place."""
+    emails = [f"u{i}@x.y" for i in range(50)]
+    payloads = [r.unwrap() for r in client.bulk_encrypt(emails, column=users.email, table=users)
+                .with_lock_context(alice).unwrap()]
+    raw = bytearray(base64.b64decode(payloads[17]["c"]))
+    raw[-1] ^= 0x01  # the tag's last byte: the key check still says "this key"
+    payloads[17] = dict(payloads[17], c=base64.b64encode(bytes(raw)).decode())
+    out = client.bulk_decrypt(payloads).with_lock_context(alice).unwrap()
+    assert [r.data for r in out] == [None if i == 17 else e for i, e in enumerate(emails)]
+    assert out[17].failure is not None and out[17].failure.type == "DecryptionError"
+    assert "tampered" in out[17].failure.message
+    assert all(r.failure is None for i, r in enumerate(out) if i != 17)
