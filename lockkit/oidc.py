@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -53,6 +54,8 @@ from lockkit.errors import (
     InvalidCredentialError,
     ProviderUnavailableError,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -691,6 +694,9 @@ class JWKSCache:
         def install(keys: tuple[_Key, ...] | None, error: Exception | None) -> None:
             if error is not None or keys is None:
                 self._last_error = error  # keep serving the stale keys, if any
+                # (refreshes are rate-limited, so this cannot flood the log)
+                _log.warning("could not fetch the JWKS at %s (%s: %s); %s", self.uri, type(error).__name__, error,
+                             "still verifying with the keys fetched before" if self._keys else "no keys to verify with")
                 return
             self._keys = keys  # one assignment: readers see the old tuple or the new one
             self._schedule.fetched_at = now

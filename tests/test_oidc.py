@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -520,6 +521,32 @@ def test_jwks_down_with_nothing_cached_is_provider_unavailable(fresh_idp: LocalI
         verifier.verify(token, now=NOW + 1)
     assert verifier.verify(token, now=NOW + INTERVAL) is not None
     assert fresh_idp.jwks_requests == 2
+
+
+def test_a_failed_jwks_fetch_is_logged_with_its_cause_and_no_token(
+    fresh_idp: LocalIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients are told only "keys are unavailable"; the operator's log says which URL failed
+    and why, and whether stale keys are still in use."""
+    verifier = OIDCVerifier(fresh_idp.issuer_config())
+    fresh_idp.set_available(False)
+    token = fresh_idp.mint(now=NOW)
+    with caplog.at_level(logging.WARNING, logger="lockkit.oidc"), pytest.raises(ProviderUnavailableError):
+        verifier.verify(token, now=NOW)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    message = caplog.records[0].getMessage()
+    assert fresh_idp.jwks_uri in message and "503" in message and "no keys to verify with" in message
+    assert token not in caplog.text
+
+    caplog.clear()
+    fresh_idp.set_available(True)
+    assert verifier.verify(token, now=NOW + INTERVAL) is not None
+    assert caplog.records == []  # a good fetch logs nothing
+    fresh_idp.set_available(False)
+    later = NOW + INTERVAL + TTL + 1
+    with caplog.at_level(logging.WARNING, logger="lockkit.oidc"):
+        assert verifier.verify(fresh_idp.mint(now=later), now=later) is not None
+    assert "still verifying with the keys fetched before" in caplog.text
 
 
 def test_jwks_down_keeps_serving_stale_keys(fresh_idp: LocalIssuer) -> None:
