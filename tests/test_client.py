@@ -1024,3 +1024,77 @@ def test_a_tampered_value_in_an_authentic_batch_fails_alone(
     assert out[17].failure is not None and out[17].failure.type == "DecryptionError"
     assert "tampered" in out[17].failure.message
     assert all(r.failure is None for i, r in enumerate(out) if i != 17)
+
+
+def _full_models(client: Encryption, users: EncryptedTable, lc: LockContext, n: int) -> list[dict[str, Any]]:
+    models = [{"id": i, "notes": {"n": i}, "age": i, "name": f"User {i}", "email": f"u{i}@x.y", "extra": "kept"}
+              for i in range(n)]
+    return client.bulk_encrypt_models(models, users).with_lock_context(lc).unwrap()
+
+
+@pytest.fixture
+def column_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each bulk_decrypt_models call's column-by-column path did: "done", "raised" or
+    "declined" (the batch went model by model)."""
+    seen: list[str] = []
+    real = Encryption._decrypt_full_models
+
+    def spy(self: Encryption, *args: Any) -> Any:
+        try:
+            out = real(self, *args)
+        except LockkitError:
+            seen.append("raised")
+            raise
+        seen.append("declined" if out is None else "done")
+        return out
+
+    monkeypatch.setattr(Encryption, "_decrypt_full_models", spy)
+    return seen
+
+
+def test_full_models_decrypt_column_by_column_like_model_by_model(
+    client: Encryption, users: EncryptedTable, alice: LockContext, column_path: list[str]
+) -> None:
+    """A batch with a payload in every column (decrypted column by column) gives what the
+    model-by-model path gives: the same values, fields, key order and pass-through fields."""
+    enc = _full_models(client, users, alice, 12)
+    fast = client.bulk_decrypt_models(enc, users).with_lock_context(alice).unwrap()
+    slow = client.bulk_decrypt_models([*enc, {"id": 99, "email": None}], users).with_lock_context(alice).unwrap()
+    assert fast == slow[:-1] and slow[-1] == {"id": 99, "email": None}
+    assert [list(m) for m in fast] == [list(m) for m in enc]
+    assert fast[5] == {"id": 5, "notes": {"n": 5}, "age": 5, "name": "User 5", "email": "u5@x.y", "extra": "kept"}
+    assert enc[5]["email"]["k"] == "ct"  # the input models are not changed
+    assert column_path == ["done", "declined"]
+
+
+@pytest.mark.parametrize("how", ["moved", "tampered", "other-identity", "foreign-keyset"])
+def test_full_models_raise_the_first_failure_in_model_order(
+    client: Encryption, users: EncryptedTable, alice: LockContext, bob: LockContext, how: str,
+    column_path: list[str],
+) -> None:
+    """Column by column or model by model, a bad batch fails with the same error: the first
+    failed value's, models in order and each model's fields in its own order."""
+    enc = _full_models(client, users, alice, 6)
+    other = _full_models(client, users, bob, 1)[0]
+    if how == "moved":
+        enc[4]["name"] = dict(enc[4]["email"])  # a payload of another column
+    elif how == "tampered":
+        raw = bytearray(base64.b64decode(enc[4]["name"]["c"]))
+        raw[-1] ^= 0x80
+        enc[4]["name"] = dict(enc[4]["name"], c=base64.b64encode(bytes(raw)).decode())
+    elif how == "other-identity":
+        enc[4]["name"] = other["name"]
+    else:
+        tenant = Encryption([users], key_service=client.key_service, keyset="tenant-b")
+        enc[4]["name"] = tenant.encrypt("x", column="name", table=users).with_lock_context(alice).unwrap()
+    enc[5]["age"] = dict(enc[5]["email"])  # a later model fails too: not the one reported
+    enc[4] = {k: enc[4][k] for k in ("id", "email", "name", "notes", "age", "extra")}  # its own field order
+
+    def failure(batch: list[dict[str, Any]]) -> tuple[str, str]:
+        res = client.bulk_decrypt_models(batch, users).with_lock_context(alice).result()
+        assert res.failure is not None and res.data is None
+        return res.failure.type, res.failure.message
+
+    fast, slow = failure(enc), failure([*enc, {"email": None}])
+    assert fast == slow and column_path == ["raised", "declined"]
+    assert fast[1].startswith("name: ")
