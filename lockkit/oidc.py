@@ -152,7 +152,9 @@ class IssuerConfig:
         ``https://x``).
     :param audiences: accepted ``aud`` values; when set, ``aud`` is required.
     :param authorized_parties: accepted ``azp`` values; when set, a present ``azp`` must be
-        one of them, and with no ``audiences`` configured ``azp`` is required.
+        one of them, and with no ``audiences`` configured ``azp`` is required and a token
+        carrying ``aud`` is refused (it was meant for some audience; OpenBao's role refuses it
+        too).
     :param jwks_uri: where the issuer publishes its public keys (https, or http on loopback).
     :param static_keys: PEM public keys (or certificates), JWK or JWKS JSON strings; use
         instead of ``jwks_uri``, never both.
@@ -937,6 +939,11 @@ class OIDCVerifier:
                     "token is not meant for this application",
                     detail=f"aud does not include any of {list(config.audiences)}",
                 )
+        elif "aud" in claims:  # as OpenBao's role refuses it: the same token works on both backends
+            raise InvalidCredentialError(
+                "token has an audience, but none is configured for its issuer",
+                detail="configure the issuer's audience to accept tokens that carry aud",
+            )
         if config.authorized_parties:
             azp = claims.get("azp")
             if azp is None:

@@ -433,7 +433,7 @@ def test_version_1_claims_are_accepted(provider: IdentityProvider, mint: Mint) -
         ({"sub": "mch_2lockkitMACHINE"}, InvalidCredentialError, "machine"),
         ({"headers": {"cat": CAT_M2M_TOKEN}}, InvalidCredentialError, "machine"),
         # JWT template: template category; often an aud for the service it was made for
-        ({"headers": {"cat": CAT_JWT_TEMPLATE}, "aud": "convex"}, InvalidCredentialError, "JWT template"),
+        ({"headers": {"cat": CAT_JWT_TEMPLATE}, "aud": "convex"}, InvalidCredentialError, "audience"),
         ({"headers": {"cat": CAT_JWT_TEMPLATE}}, InvalidCredentialError, "JWT template"),
         ({"headers": {"cat": None}, "aud": "supabase"}, InvalidCredentialError, "audience"),
         ({"headers": {"cat": "cl_somethingNEW"}}, InvalidCredentialError, "not a Clerk session token"),
