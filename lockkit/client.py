@@ -389,39 +389,94 @@ class Encryption:
         or both when ``query_type`` is None and the column has both indexes. Compare with
         :func:`lockkit.search.matches`, or in SQL (``hm = :hm``, ``bf @> :bf``)."""
         def run(lc: LockContext | None) -> dict[str, Any]:
-            t = self._table(table)
-            col = t.column(column)
-            where = f"{t.table_name}.{col.name}"
-            want_eq = col.equality_index and query_type in (None, "equality")
-            want_bf = col.match_index is not None and query_type in (None, "match")
-            if query_type == "equality" and not col.equality_index:
-                raise EncryptionError(f"{where} has no equality index: declare .equality()")
-            if query_type == "match" and col.match_index is None:
-                raise EncryptionError(f"{where} has no match index: declare .free_text_search()")
-            if not (want_eq or want_bf):
-                raise EncryptionError(f"{where} has no search index")
-            if value is None:
-                raise EncryptionError(f"{where}: cannot search for None")
-            if lc is None and col.lock_required:
-                raise _lock_required(t.table_name, col.name)
-            request = KeyRequest(t.table_name, col.name, "index", locked=lc is not None, operation="query")
-            key = self._release(self._acquire(lc, [request]), [request])[0]
-            if isinstance(key, LockkitError):
-                raise key
-            hasher = TermHasher(key.material)
-            term: dict[str, Any] = {}
-            if want_eq:
-                term["hm"] = hasher.equality(pl.index_bytes(col.kind, value, where))
-            if want_bf:
-                assert col.match_index is not None
-                if not isinstance(value, str):
-                    raise EncryptionError(f"{where}: a match query must be text")
-                bits = hasher.match(value, col.match_index)
-                if not bits:
-                    raise EncryptionError(f"{where}: a match query needs at least one word")
-                term["bf"] = bits
-            return term
+            out = self._query_terms([(value, column, table, query_type)], lc)[0]
+            if isinstance(out, LockkitError):
+                raise out
+            return out
         return Operation(run, lock_context)
+
+    def bulk_encrypt_query(
+        self, terms: Iterable[Mapping[str, Any]], *, lock_context: LockContext | None = None
+    ) -> Operation[list[Result[dict[str, Any]]]]:
+        """Search terms for many values in one key-service call (one key release, and one
+        audit event, per column instead of one per value). Each term is a dict like
+        ``encrypt_query``'s arguments: ``{"value": ..., "column": ..., "table": ...}`` and
+        optionally ``"query_type"``. Per-item results, in order: a bad term (unknown column,
+        no such index, ``None``...) fails alone.
+
+        :raises TypeError: a term is not a dict of those keys (at the call, before anything runs).
+        """
+        specs: list[tuple[Any, Any, Any, Any]] = []
+        for term in terms:
+            if not isinstance(term, Mapping) or not {"value", "column", "table"} <= set(term) or (
+                set(term) - {"value", "column", "table", "query_type"}
+            ):
+                raise TypeError('each term is a dict: {"value", "column", "table"} and optionally "query_type"')
+            specs.append((term["value"], term["column"], term["table"], term.get("query_type")))
+
+        def run(lc: LockContext | None) -> list[Result[dict[str, Any]]]:
+            return ok_results(self._query_terms(specs, lc))
+        return Operation(run, lock_context)
+
+    def _query_terms(
+        self, specs: Sequence[tuple[Any, Any, Any, Any]], lc: LockContext | None
+    ) -> list[dict[str, Any] | LockkitError]:
+        """Search terms for ``(value, column, table, query_type)`` specs, or the error of each
+        bad one; one key-service call for all of them (one index key per column)."""
+        out: list[dict[str, Any] | LockkitError] = [EncryptionError("no term")] * len(specs)
+        groups: dict[tuple[str, str], tuple[EncryptedColumn, list[tuple[int, Any, bool, bool, str]]]] = {}
+        for i, (value, column, table, query_type) in enumerate(specs):
+            try:
+                t = self._table(table)
+                col = t.column(column)
+                where = f"{t.table_name}.{col.name}"
+                if query_type not in (None, "equality", "match"):
+                    raise EncryptionError(f"{where}: query_type must be 'equality', 'match' or None")
+                want_eq = col.equality_index and query_type in (None, "equality")
+                want_bf = col.match_index is not None and query_type in (None, "match")
+                if query_type == "equality" and not col.equality_index:
+                    raise EncryptionError(f"{where} has no equality index: declare .equality()")
+                if query_type == "match" and col.match_index is None:
+                    raise EncryptionError(f"{where} has no match index: declare .free_text_search()")
+                if not (want_eq or want_bf):
+                    raise EncryptionError(f"{where} has no search index")
+                if value is None:
+                    raise EncryptionError(f"{where}: cannot search for None")
+                if want_bf and not isinstance(value, str):
+                    raise EncryptionError(f"{where}: a match query must be text")
+                if lc is None and col.lock_required:
+                    raise _lock_required(t.table_name, col.name)
+            except LockkitError as err:
+                out[i] = err
+                continue
+            group = groups.setdefault((t.table_name, col.name), (col, []))
+            group[1].append((i, value, want_eq, want_bf, where))
+        if not groups:
+            return out
+        requests = [KeyRequest(tn, cn, "index", count=len(items), locked=lc is not None, operation="query")
+                    for (tn, cn), (_, items) in groups.items()]
+        keys = self._release(self._acquire(lc, requests), requests)
+        for (col, items), key in zip(groups.values(), keys):
+            if isinstance(key, LockkitError):
+                for i, *_ in items:
+                    out[i] = key
+                continue
+            hasher = TermHasher(key.material)
+            for i, value, want_eq, want_bf, where in items:
+                try:
+                    term: dict[str, Any] = {}
+                    if want_eq:
+                        term["hm"] = hasher.equality(pl.index_bytes(col.kind, value, where))
+                    if want_bf:
+                        assert col.match_index is not None
+                        bits = hasher.match(value, col.match_index)
+                        if not bits:
+                            raise EncryptionError(f"{where}: a match query needs at least one word")
+                        term["bf"] = bits
+                    out[i] = term
+                except LockkitError as err:
+                    out[i] = err
+        return out
 
     # -- the two engines -----------------------------------------------------------------
     def _release(self, lock: Lock | None, requests: list[KeyRequest]) -> list[ColumnKey | LockkitError]:

@@ -167,6 +167,20 @@ def test_query_event(backend: str, ac: Encryption, ident: Callable[[str], LockCo
     check(ev, backend=backend, operation="query", table="notes", column="title", count=1, metadata={"reason": REASON})
 
 
+def test_bulk_query_is_one_event_per_column(
+    backend: str, ac: Encryption, ident: Callable[[str], LockContext], log: AuditLog
+) -> None:
+    """A search of many words is one query event for the column, counting its terms (one
+    encrypt_query per word was one event per word)."""
+    alice = ident("alice")
+    words = ["alpha", "beta", "gamma", "delta"]
+    out = ac.bulk_encrypt_query([{"value": w, "column": "title", "table": "notes"} for w in words]) \
+        .audit(reason=REASON).with_lock_context(alice).unwrap()
+    assert all("bf" in r.unwrap() for r in out)
+    [ev] = events(log)
+    check(ev, backend=backend, operation="query", table="notes", column="title", count=4, metadata={"reason": REASON})
+
+
 def test_bulk_is_one_event_per_batch_per_column(
     backend: str, ac: Encryption, ident: Callable[[str], LockContext], log: AuditLog
 ) -> None:

@@ -1098,3 +1098,45 @@ def test_full_models_raise_the_first_failure_in_model_order(
     fast, slow = failure(enc), failure([*enc, {"email": None}])
     assert fast == slow and column_path == ["raised", "declined"]
     assert fast[1].startswith("name: ")
+
+
+def test_bulk_encrypt_query_is_one_key_service_call_with_per_term_results(
+    client: Encryption, users: EncryptedTable, alice: LockContext, key_service: LocalKeyService
+) -> None:
+    """Many search terms, one key release (one index key per column); a bad term fails alone,
+    with encrypt_query's own error, and asks for no key of its own."""
+    specs: list[dict[str, Any]] = [
+        {"value": "a@x.y", "column": users.email, "table": users, "query_type": "equality"},
+        {"value": "liddell", "column": "name", "table": "users"},
+        {"value": None, "column": "email", "table": users},                        # nothing to search for
+        {"value": 5, "column": "name", "table": users},                            # match needs text
+        {"value": 5, "column": "age", "table": users},                             # no search index
+        {"value": "x", "column": "nope", "table": users},                          # no such column
+        {"value": "x", "column": "name", "table": users, "query_type": "equality"},  # no equality index
+        {"value": "x", "column": "email", "table": users, "query_type": "range"},   # no such query type
+        {"value": "b@x.y", "column": users.email, "table": users},
+    ]
+    calls = key_service.release_calls
+    out = client.bulk_encrypt_query(specs).with_lock_context(alice).unwrap()
+    assert key_service.release_calls == calls + 1
+    assert [r.failure.type if r.failure else None for r in out] == [
+        None, None, "EncryptionError", "EncryptionError", "EncryptionError", "ClientInitError", "EncryptionError",
+        "EncryptionError", None,
+    ]
+    for spec, r in zip(specs, out):
+        single = client.encrypt_query(spec["value"], column=spec["column"], table=spec["table"],
+                                      query_type=spec.get("query_type")).with_lock_context(alice).result()
+        assert (r.data, r.failure) == (single.data, single.failure)
+    assert set(out[0].unwrap()) == {"hm"} and set(out[1].unwrap()) == {"bf"} and set(out[8].unwrap()) == {"hm", "bf"}
+    calls = key_service.release_calls
+    only_bad = client.bulk_encrypt_query(specs[2:8]).with_lock_context(alice).unwrap()
+    assert all(r.failure is not None for r in only_bad)
+    assert client.bulk_encrypt_query([]).with_lock_context(alice).unwrap() == []
+    assert key_service.release_calls == calls  # bad terms ask for no key
+
+
+@pytest.mark.parametrize("term", [("a", "email", "users"), {"value": "a", "column": "email"},
+                                  {"value": "a", "column": "email", "table": "users", "limit": 3}])
+def test_bulk_encrypt_query_refuses_a_malformed_term_at_the_call(client: Encryption, term: Any) -> None:
+    with pytest.raises(TypeError, match="each term is a dict"):
+        client.bulk_encrypt_query([term])

@@ -173,6 +173,29 @@ def test_bobs_search_terms_match_none_of_alices_payloads(
         assert a["bf"] != b["bf"]
 
 
+def test_bobs_bulk_search_terms_match_none_of_alices_payloads(
+    client: Encryption, users: EncryptedTable, alice: LockContext, bob: LockContext, alice_data: dict[str, Any]
+) -> None:
+    """bulk_encrypt_query: one key release per column, bound to the lock context's identity
+    like encrypt_query's; bob's terms match none of alice's payloads, alice's are hers."""
+    payloads = [alice_data["single"], *alice_data["bulk"], *(m["email"] for m in alice_data["models"])]
+    names = [m["name"] for m in alice_data["models"]]
+    specs = [{"value": v, "column": users.email, "table": users, "query_type": qt}
+             for v in EMAILS for qt in ("equality", "match", None)]
+    specs += [{"value": w, "column": "name", "table": "users"} for w in ("alice", "liddell", "work")]
+    b = [r.unwrap() for r in client.bulk_encrypt_query(specs).with_lock_context(bob).unwrap()]
+    a = [r.unwrap() for r in client.bulk_encrypt_query(specs).with_lock_context(alice).unwrap()]
+    one_by_one = [client.encrypt_query(s["value"], column=s["column"], table=s["table"], query_type=s.get("query_type"))
+                  .with_lock_context(alice).unwrap() for s in specs]
+    assert a == one_by_one
+    n = 3 * len(EMAILS)
+    assert not any(matches(t, p) for t in b[:n] for p in payloads)
+    assert not any(matches(t, p) for t in b[n:] for p in names)
+    assert all(any(matches(t, p) for p in payloads) for t in a[:n])
+    assert all(any(matches(t, p) for p in names) for t in a[n:])
+    assert all(x != y for x, y in zip(a, b))
+
+
 def test_equality_term_differs_per_identity_for_the_same_value(
     client: Encryption, users: EncryptedTable, alice: LockContext, bob: LockContext
 ) -> None:
@@ -230,6 +253,8 @@ def _encrypt_ops(client: Encryption, users: EncryptedTable) -> dict[str, Any]:
         "bulk_encrypt_models": client.bulk_encrypt_models(MODELS, users),
         "encrypt_query_equality": client.encrypt_query("x", column=users.email, table=users, query_type="equality"),
         "encrypt_query_match": client.encrypt_query("xyz", column=users.email, table=users, query_type="match"),
+        "bulk_encrypt_query": client.bulk_encrypt_query([{"value": "x", "column": users.email, "table": users},
+                                                         {"value": "xyz", "column": "name", "table": users}]),
     }
 
 

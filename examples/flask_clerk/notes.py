@@ -311,8 +311,9 @@ class NoteStore:
         column) are compared without decrypting; only candidates are decrypted, then re-checked
         exactly on the same normalised words (bloom filters can over-match).
 
-        A search asks for at most ``2 * MAX_QUERY_WORDS`` match terms (one key release each:
-        ``encrypt_query`` takes one value) and one decryption of the candidates.
+        A search asks for at most ``2 * MAX_QUERY_WORDS`` match terms, in one key-service
+        call (``bulk_encrypt_query``: one key release per column), and one decryption of the
+        candidates.
 
         :raises ValidationError: the query is too long (see :func:`query_words`); no key was
             asked for.
@@ -321,11 +322,10 @@ class NoteStore:
         if not wanted:
             return []
         with _key_service():
-            terms = [
-                tuple(self.client.encrypt_query(w, column=col, table=notes_table, query_type="match")
-                      .with_lock_context(self.lc).unwrap() for col in ("title", "body"))
-                for w in wanted
-            ]
+            specs = [{"value": w, "column": col, "table": notes_table, "query_type": "match"}
+                     for w in wanted for col in ("title", "body")]
+            found_terms = [r.unwrap() for r in self.client.bulk_encrypt_query(specs).with_lock_context(self.lc).unwrap()]
+            terms = list(zip(found_terms[0::2], found_terms[1::2]))
         with self.db.transaction() as cur:
             rows = cur.execute("SELECT id, title, body, created_at, updated_at FROM notes WHERE owner = ?"
                                " ORDER BY updated_at DESC, id DESC", (self.owner,)).fetchall()
