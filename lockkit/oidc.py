@@ -57,6 +57,9 @@ from lockkit.errors import (
 
 _log = logging.getLogger(__name__)
 
+#: a JWKS fetch failing again for the same cause is logged at most once per this many seconds
+FETCH_WARNING_INTERVAL: Final = 60.0
+
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "Claims",
@@ -659,6 +662,7 @@ class JWKSCache:
         self._keys: tuple[_Key, ...] = ()
         self._schedule = RefreshSchedule(ttl, min_refetch_interval)
         self._last_error: Exception | None = None
+        self._warned: tuple[str, float] = ("", -math.inf)  # the last cause logged, and when
 
     def __repr__(self) -> str:
         return f"JWKSCache(uri={self.uri!r}, keys={len(self._keys)}, fetch_count={self.fetch_count})"
@@ -693,22 +697,37 @@ class JWKSCache:
         return key.key
 
     def _refresh(self, now: float, *, force: bool = False) -> None:
+        failed: list[Exception | None] = []
+
         def install(keys: tuple[_Key, ...] | None, error: Exception | None) -> None:
             if error is not None or keys is None:
                 self._last_error = error  # keep serving the stale keys, if any
-                # (refreshes are rate-limited, so this cannot flood the log)
-                _log.warning("could not fetch the JWKS at %s (%s: %s); %s", self.uri, type(error).__name__, error,
-                             "still verifying with the keys fetched before" if self._keys else "no keys to verify with")
+                failed.append(error)
                 return
             self._keys = keys  # one assignment: readers see the old tuple or the new one
             self._schedule.fetched_at = now
             self._last_error = None
+            self._warned = ("", -math.inf)  # a later outage is news
 
         def fetch() -> tuple[_Key, ...]:
             self.fetch_count += 1
             return self._fetch()
 
         self._schedule.refresh(now, fetch, install, force=force, wait=self.timeout * 2 + 1)
+        if failed:  # logged here, outside the schedule's lock: a slow log handler holds up no verification
+            self._warn(failed[0])
+
+    def _warn(self, error: Exception | None) -> None:
+        """Log a failed fetch: the URL and the cause (never a token); the same cause at most
+        once per :data:`FETCH_WARNING_INTERVAL` until a fetch succeeds (refetches may be
+        allowed on every request)."""
+        what = f"{type(error).__name__}: {error}"
+        at = time.monotonic()
+        if what == self._warned[0] and at - self._warned[1] < FETCH_WARNING_INTERVAL:
+            return
+        self._warned = (what, at)
+        _log.warning("could not fetch the JWKS at %s (%s); %s", self.uri, what,
+                     "still verifying with the keys fetched before" if self._keys else "no keys to verify with")
 
     def _fetch(self) -> tuple[_Key, ...]:
         data = strict_json_loads(fetch_jwks_document(self.uri, session=self._session, timeout=self.timeout))

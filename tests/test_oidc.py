@@ -549,6 +549,61 @@ def test_a_failed_jwks_fetch_is_logged_with_its_cause_and_no_token(
     assert "still verifying with the keys fetched before" in caplog.text
 
 
+def test_a_jwks_outage_is_logged_once_per_cause_and_interval(
+    fresh_idp: LocalIssuer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With refetches allowed on every request (min refetch interval 0), a JWKS outage does not
+    write a warning per request: the same cause once per FETCH_WARNING_INTERVAL."""
+    import lockkit.oidc as oidc
+
+    verifier = OIDCVerifier(fresh_idp.issuer_config(jwks_min_refetch_interval=0))
+    fresh_idp.set_available(False)
+    clock = [1000.0]
+    monkeypatch.setattr(oidc.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="lockkit.oidc"):
+        for _ in range(20):
+            with pytest.raises(ProviderUnavailableError):
+                verifier.verify(fresh_idp.mint(now=NOW), now=NOW)
+        assert fresh_idp.jwks_requests == 20 and len(caplog.records) == 1
+        clock[0] += oidc.FETCH_WARNING_INTERVAL
+        with pytest.raises(ProviderUnavailableError):
+            verifier.verify(fresh_idp.mint(now=NOW), now=NOW)
+    assert len(caplog.records) == 2
+
+
+def test_a_slow_log_handler_holds_up_no_verification(fresh_idp: LocalIssuer) -> None:
+    """The failed fetch is logged after the refresh's lock is released: while the fetching
+    thread sits in a slow handler, another verification goes on with the cached keys."""
+    import threading
+    import time
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            entered.set()
+            release.wait(10)
+
+    handler = SlowHandler(level=logging.WARNING)
+    logger = logging.getLogger("lockkit.oidc")
+    logger.addHandler(handler)
+    try:
+        verifier = OIDCVerifier(fresh_idp.issuer_config())
+        assert verifier.verify(fresh_idp.mint(now=NOW), now=NOW) is not None
+        fresh_idp.set_available(False)
+        later = NOW + TTL + 1  # stale: the next verification refreshes, and the fetch fails
+        first = threading.Thread(target=verifier.verify, args=(fresh_idp.mint(now=later),), kwargs={"now": later})
+        first.start()
+        assert entered.wait(10), "the failed fetch was not logged"
+        start = time.monotonic()
+        assert verifier.verify(fresh_idp.mint(now=later), now=later) is not None
+        assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+        first.join(10)
+        logger.removeHandler(handler)
+
+
 def test_jwks_down_keeps_serving_stale_keys(fresh_idp: LocalIssuer) -> None:
     verifier = OIDCVerifier(fresh_idp.issuer_config())
     assert verifier.verify(fresh_idp.mint(now=NOW), now=NOW) is not None
