@@ -415,7 +415,8 @@ class Encryption:
             specs.append((term["value"], term["column"], term["table"], term.get("query_type")))
 
         def run(lc: LockContext | None) -> list[Result[dict[str, Any]]]:
-            return ok_results(self._query_terms(specs, lc))
+            with gc_paused(len(specs)):
+                return ok_results(self._query_terms(specs, lc))
         return Operation(run, lock_context)
 
     def _query_terms(
@@ -424,7 +425,7 @@ class Encryption:
         """Search terms for ``(value, column, table, query_type)`` specs, or the error of each
         bad one; one key-service call for all of them (one index key per column)."""
         out: list[dict[str, Any] | LockkitError] = [EncryptionError("no term")] * len(specs)
-        groups: dict[tuple[str, str], tuple[EncryptedColumn, list[tuple[int, Any, bool, bool, str]]]] = {}
+        groups: dict[tuple[str, str], tuple[EncryptedColumn, list[tuple[int, Any, bytes | None, bool, str]]]] = {}
         for i, (value, column, table, query_type) in enumerate(specs):
             try:
                 t = self._table(table)
@@ -442,6 +443,8 @@ class Encryption:
                     raise EncryptionError(f"{where} has no search index")
                 if value is None:
                     raise EncryptionError(f"{where}: cannot search for None")
+                # the typed value first: a value of the wrong type says so ("expects text, got int")
+                eq_bytes = pl.index_bytes(col.kind, value, where) if want_eq else None
                 if want_bf and not isinstance(value, str):
                     raise EncryptionError(f"{where}: a match query must be text")
                 if lc is None and col.lock_required:
@@ -450,7 +453,7 @@ class Encryption:
                 out[i] = err
                 continue
             group = groups.setdefault((t.table_name, col.name), (col, []))
-            group[1].append((i, value, want_eq, want_bf, where))
+            group[1].append((i, value, eq_bytes, want_bf, where))
         if not groups:
             return out
         requests = [KeyRequest(tn, cn, "index", count=len(items), locked=lc is not None, operation="query")
@@ -462,11 +465,11 @@ class Encryption:
                     out[i] = key
                 continue
             hasher = TermHasher(key.material)
-            for i, value, want_eq, want_bf, where in items:
+            for i, value, eq_bytes, want_bf, where in items:
                 try:
                     term: dict[str, Any] = {}
-                    if want_eq:
-                        term["hm"] = hasher.equality(pl.index_bytes(col.kind, value, where))
+                    if eq_bytes is not None:
+                        term["hm"] = hasher.equality(eq_bytes)
                     if want_bf:
                         assert col.match_index is not None
                         bits = hasher.match(value, col.match_index)

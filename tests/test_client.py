@@ -1114,6 +1114,7 @@ def test_bulk_encrypt_query_is_one_key_service_call_with_per_term_results(
         {"value": "x", "column": "nope", "table": users},                          # no such column
         {"value": "x", "column": "name", "table": users, "query_type": "equality"},  # no equality index
         {"value": "x", "column": "email", "table": users, "query_type": "range"},   # no such query type
+        {"value": 5, "column": "email", "table": users},                           # an int for a text column
         {"value": "b@x.y", "column": users.email, "table": users},
     ]
     calls = key_service.release_calls
@@ -1121,15 +1122,16 @@ def test_bulk_encrypt_query_is_one_key_service_call_with_per_term_results(
     assert key_service.release_calls == calls + 1
     assert [r.failure.type if r.failure else None for r in out] == [
         None, None, "EncryptionError", "EncryptionError", "EncryptionError", "ClientInitError", "EncryptionError",
-        "EncryptionError", None,
+        "EncryptionError", "EncryptionError", None,
     ]
+    assert out[8].failure is not None and out[8].failure.message == "users.email expects text, got int"
     for spec, r in zip(specs, out):
         single = client.encrypt_query(spec["value"], column=spec["column"], table=spec["table"],
                                       query_type=spec.get("query_type")).with_lock_context(alice).result()
         assert (r.data, r.failure) == (single.data, single.failure)
-    assert set(out[0].unwrap()) == {"hm"} and set(out[1].unwrap()) == {"bf"} and set(out[8].unwrap()) == {"hm", "bf"}
+    assert set(out[0].unwrap()) == {"hm"} and set(out[1].unwrap()) == {"bf"} and set(out[9].unwrap()) == {"hm", "bf"}
     calls = key_service.release_calls
-    only_bad = client.bulk_encrypt_query(specs[2:8]).with_lock_context(alice).unwrap()
+    only_bad = client.bulk_encrypt_query(specs[2:9]).with_lock_context(alice).unwrap()
     assert all(r.failure is not None for r in only_bad)
     assert client.bulk_encrypt_query([]).with_lock_context(alice).unwrap() == []
     assert key_service.release_calls == calls  # bad terms ask for no key

@@ -109,6 +109,9 @@ def test_large_bulk_operations_pause_the_garbage_collector_and_restore_it(
     client.bulk_decrypt(payloads[:10]).with_lock_context(alice).unwrap()  # small: never paused
     list(client.stream_decrypt(payloads, chunk_size=n, lock_context=alice))
     assert ks.seen == [False, False, True, True] and gc.isenabled()
+    terms = [{"value": f"u{i}@x.org", "column": "email", "table": users} for i in range(n)]
+    client.bulk_encrypt_query(terms).with_lock_context(alice).unwrap()
+    assert ks.seen[-1] is False and gc.isenabled()
     failed = client.bulk_decrypt([{**payloads[0], "c": "!"}] * n).with_lock_context(alice).result()
     assert failed.data is not None and gc.isenabled()
     bad = client.bulk_encrypt(["x"] * n, column="email", table=users).with_lock_context(
