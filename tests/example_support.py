@@ -5,6 +5,7 @@ CSRF tokens read from the HTML), a real server on loopback, and raw-database pla
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 import re
@@ -300,11 +301,11 @@ def assert_no_plaintext(haystack: str | bytes, plaintexts: Iterable[str], where:
 
 # -- a real server on loopback -------------------------------------------------------------
 @contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """Serve ``app`` with werkzeug's threaded server on 127.0.0.1 (an ephemeral port)."""
+def serve(app: Flask, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with werkzeug's threaded server on 127.0.0.1 (``port``, else an ephemeral one)."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="example-server", daemon=True)
     thread.start()
     try:
@@ -319,3 +320,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+CLERK_HOST = "fancy-fox-12.clerk.accounts.dev"
+
+
+def clerk_example(example_env: str, sqlite_path: Path, party: str = "http://localhost") -> Any:
+    """The example in Clerk mode (offline: CLERK_JWT_KEY) and a minter of Clerk-shaped session
+    tokens for it: ``(app context manager, mint(sub, issued=...))``; ``party``: the authorized
+    party (the browser's origin)."""
+    import secrets
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    host = CLERK_HOST
+    publishable = "pk_test_" + base64.b64encode(f"{host}$".encode()).decode().rstrip("=")
+
+    def mint(sub: str, issued: float | None = None) -> str:
+        iat = int(time.time() - 1 if issued is None else issued)
+        payload = {"azp": party, "exp": iat + 60, "iat": iat, "nbf": iat - 10, "iss": f"https://{host}",
+                   "jti": secrets.token_hex(10), "sid": "sess_2example", "sts": "active", "sub": sub, "v": 2}
+        return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "ins_x", "typ": "JWT"})
+
+    app = example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_PROVIDERS=["clerk"],
+                      CLERK_PUBLISHABLE_KEY=publishable, CLERK_JWT_KEY=pem, CLERK_AUTHORIZED_PARTIES=party)
+    return app, mint

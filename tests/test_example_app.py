@@ -37,6 +37,7 @@ from .example_support import (  # noqa: F401  (fixtures)
     SHORT_QUERY_MESSAGE,
     User,
     assert_no_plaintext,
+    clerk_example,
     example_app,
     example_env,
     form_posting_to,
@@ -712,6 +713,45 @@ def test_with_redis_sessions_the_old_cookie_is_dead_after_sign_out(redis_notes_a
     assert "Quarterly planning" not in text(replay.get("/"))
 
 
+# -- security headers -------------------------------------------------------------------------
+def _policy(resp: Any) -> dict[str, list[str]]:
+    header = resp.headers.get("Content-Security-Policy", "")
+    return {d.split()[0]: d.split()[1:] for d in header.split("; ") if d}
+
+
+def test_every_response_carries_the_security_headers(alice: User, alice_notes: dict[str, int]) -> None:
+    """Pages show decrypted notes: scripts from this origin only (none inline), no framing, no
+    plugins or <base>, forms post here; no MIME sniffing; no note URL in a Referer."""
+    note = alice_notes["plan"]
+    anonymous = alice.client.application.test_client()
+    for resp in (alice.client.get("/"), alice.client.get(f"/notes/{note}"), alice.client.get(f"/api/notes/{note}"),
+                 alice.client.get("/nope"), anonymous.get("/"), anonymous.get("/lockkit/dev/login")):
+        policy = _policy(resp)
+        assert policy["script-src"] == ["'self'"] and policy["default-src"] == ["'self'"], resp.request.path
+        assert policy["frame-ancestors"] == ["'none'"] and policy["object-src"] == ["'none'"]
+        assert policy["base-uri"] == ["'none'"] and policy["form-action"] == ["'self'"]
+        assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_clerk_mode_policy_names_clerks_hosts(example_env: str, sqlite_path: Path) -> None:
+    """With Clerk: its Frontend API (from the publishable key) for scripts and requests, and
+    the other hosts Clerk documents; the refresh page allows its own inline script by hash."""
+    from .example_support import CLERK_HOST
+
+    ctx, _ = clerk_example(example_env, sqlite_path)
+    with ctx as app:
+        client = app.test_client()
+        policy = _policy(client.get("/signin"))
+        fapi = f"https://{CLERK_HOST}"
+        assert policy["script-src"] == ["'self'", fapi, "https://challenges.cloudflare.com", "https://*.protect.clerk.com"]
+        assert policy["connect-src"] == ["'self'", fapi, "https://*.protect.clerk.com:*"]
+        assert "https://img.clerk.com" in policy["img-src"] and policy["worker-src"] == ["'self'", "blob:"]
+        refresh = _policy(client.get("/lockkit/clerk/refresh?next=/notes"))
+        assert refresh["script-src"][0].startswith("'sha256-") and fapi in refresh["script-src"]
+        assert "'unsafe-inline'" not in refresh["script-src"] and refresh["frame-ancestors"] == ["'none'"]
+
+
 # -- the Clerk sign-in page ---------------------------------------------------------------
 def _clerk_example(example_env: str, sqlite_path: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
@@ -747,36 +787,10 @@ def test_clerk_sign_in_page_sends_only_same_site_paths_to_the_browser(
         page = app.test_client().get("/signin", query_string={"next": given})
         assert page.status_code == 200
         body = page.get_data(as_text=True)
-        sent = re.findall(r'new URL\(("(?:[^"\\]|\\.)*"), window\.location\.href\)', body)
-        assert [json.loads(v) for v in sent] == [kept, "/"], sent
+        sent = re.findall(r'data-next="([^"]*)"', body)
+        assert [html.unescape(v) for v in sent] == [kept], sent
         assert "evil.example" not in body and "javascript:" not in body.lower()
-
-
-def _clerk_signed_in(example_env: str, sqlite_path: Path) -> Any:
-    """The example in Clerk mode (offline: CLERK_JWT_KEY) and a minter of Clerk-shaped session
-    tokens for it: ``(app context manager, mint(sub, issued=...))``."""
-    import secrets
-    import time
-
-    import jwt
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    host = "fancy-fox-12.clerk.accounts.dev"
-    publishable = "pk_test_" + base64.b64encode(f"{host}$".encode()).decode().rstrip("=")
-
-    def mint(sub: str, issued: float | None = None) -> str:
-        iat = int(time.time() - 1 if issued is None else issued)
-        payload = {"azp": "http://localhost", "exp": iat + 60, "iat": iat, "nbf": iat - 10, "iss": f"https://{host}",
-                   "jti": secrets.token_hex(10), "sid": "sess_2example", "sts": "active", "sub": sub, "v": 2}
-        return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "ins_x", "typ": "JWT"})
-
-    app = example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_PROVIDERS=["clerk"],
-                      CLERK_PUBLISHABLE_KEY=publishable, CLERK_JWT_KEY=pem, CLERK_AUTHORIZED_PARTIES="http://localhost")
-    return app, mint
+        assert "<script>" not in body and " onload=" not in body  # no inline script: the CSP allows none
 
 
 def test_clerk_pages_keep_the_session_token_fresh_and_an_expired_post_returns_to_its_form(
@@ -789,7 +803,7 @@ def test_clerk_pages_keep_the_session_token_fresh_and_an_expired_post_returns_to
     import time
     from urllib.parse import parse_qs, urlsplit
 
-    ctx, mint = _clerk_signed_in(example_env, sqlite_path)
+    ctx, mint = clerk_example(example_env, sqlite_path)
     with ctx as app:
         client = app.test_client()
         client.set_cookie("__session", mint("user_2alice"))
@@ -797,7 +811,7 @@ def test_clerk_pages_keep_the_session_token_fresh_and_an_expired_post_returns_to
         page = client.get("/notes/new")
         assert page.status_code == 200
         body = page.get_data(as_text=True)
-        assert body.count("clerk.browser.js") == 1 and "window.Clerk.load()" in body
+        assert body.count("clerk.browser.js") == 1 and 'data-step="keepalive"' in body
         client.set_cookie("__session", "")
         assert client.get("/signin").get_data(as_text=True).count("clerk.browser.js") == 1
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from urllib.parse import urlencode
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ from flask import Flask
 from .example_support import (  # noqa: F401  (fixtures)
     CHROMIUM,
     CHROMIUM_ARGS,
+    CLERK_HOST,
     SCREENSHOTS,
     assert_no_plaintext,
+    clerk_example,
     example_app,
     example_env,
+    free_port,
     serve,
     sqlite_dump,
     sqlite_file_bytes,
@@ -105,6 +109,13 @@ def _result_titles(page: Any) -> list[str]:
     return [t.strip() for t in page.locator("article.note h2").all_inner_texts()]
 
 
+def watch_csp(page: Any) -> list[str]:
+    """The Content-Security-Policy violations the page reports (Chromium logs each one)."""
+    seen: list[str] = []
+    page.on("console", lambda m: seen.append(m.text) if "Content Security Policy" in m.text else None)
+    return seen
+
+
 def test_two_users_in_a_real_browser(live_app: tuple[Flask, str], browser: Any, sqlite_path: Path) -> None:
     _, base = live_app
     shot = Shots("example")
@@ -112,6 +123,7 @@ def test_two_users_in_a_real_browser(live_app: tuple[Flask, str], browser: Any, 
     # alice
     ctx = browser.new_context(viewport={"width": 1000, "height": 700})
     page = ctx.new_page()
+    csp = watch_csp(page)
     page.goto(base + "/")
     assert "Sign in to start" in page.inner_text("body")
     shot(page, "landing")
@@ -150,6 +162,7 @@ def test_two_users_in_a_real_browser(live_app: tuple[Flask, str], browser: Any, 
     shot(page, "alice-signed-out")
     resp = page.goto(url_1)
     assert resp is not None and "/lockkit/dev/login" in page.url  # signed out: back to sign-in
+    assert csp == []  # every page, the dev sign-in's included, works under the policy
     ctx.close()
 
     # bob, in a fresh browser profile
@@ -179,3 +192,111 @@ def test_two_users_in_a_real_browser(live_app: tuple[Flask, str], browser: Any, 
     assert_no_plaintext(sqlite_dump(sqlite_path), PLAINTEXT, "the SQLite tables")
     assert_no_plaintext(sqlite_file_bytes(sqlite_path), PLAINTEXT, "the SQLite files")
     assert os.path.getsize(sqlite_path) > 0
+
+
+# -- Clerk mode: Clerk's bundle faked at its Frontend API URL, nothing leaves loopback ---------
+FAKE_CLERK_JS = """
+window.__clerk = window.__clerk || [];
+window.Clerk = {
+  user: window.__clerkUser || null,
+  load: function () { window.__clerk.push("load"); return Promise.resolve(); },
+  mountSignIn: function (el, opts) {
+    window.__clerk.push("mountSignIn " + opts.forceRedirectUrl); el.textContent = "Clerk sign-in form";
+  },
+  signOut: function (opts) {
+    window.__clerk.push("signOut " + opts.redirectUrl); window.location.assign(opts.redirectUrl);
+    return Promise.resolve();
+  }
+};
+"""
+
+
+@pytest.fixture
+def clerk_live(example_env: str, sqlite_path: Path) -> Iterator[tuple[str, Any]]:
+    """The example in Clerk mode on 127.0.0.1 (its origin is the authorized party), and a
+    minter of session tokens for it."""
+    port = free_port()
+    ctx, mint = clerk_example(example_env, sqlite_path, party=f"http://127.0.0.1:{port}")
+    with ctx as app, serve(app, port) as base:
+        yield base, mint
+
+
+def _clerk_page(browser: Any, base: str, outside: list[str], session: str | None = None) -> Any:
+    clerk_js = f"https://{CLERK_HOST}/npm/@clerk/clerk-js@6/dist/clerk.browser.js"
+    context = browser.new_context()
+    if session is not None:
+        import time
+
+        context.add_cookies([{"name": "__session", "value": session, "url": base},
+                             {"name": "__client_uat", "value": str(int(time.time()) - 3600), "url": base}])
+
+    def route(r: Any) -> None:
+        url = r.request.url
+        if url.startswith(base + "/"):
+            r.continue_()
+        elif url == clerk_js:
+            r.fulfill(status=200, content_type="text/javascript", body=FAKE_CLERK_JS)
+        else:  # nothing leaves loopback
+            outside.append(url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    return page
+
+
+@pytest.mark.parametrize(("given", "kept"), [("/notes/new", "/notes/new"), ("https://evil.example/x", "/"),
+                                             ("javascript:alert(1)", "/")])
+def test_clerk_sign_in_page_mounts_clerk_under_the_policy(
+    clerk_live: tuple[str, Any], browser: Any, given: str, kept: str
+) -> None:
+    """The sign-in page has no inline script: the page's static script mounts Clerk's form once
+    Clerk's bundle (from the Frontend API the policy names) has loaded, and sends the user on
+    to a same-site path only."""
+    base, _ = clerk_live
+    outside: list[str] = []
+    page = _clerk_page(browser, base, outside)
+    csp = watch_csp(page)
+    resp = page.goto(base + "/signin?" + urlencode({"next": given}))
+    assert resp is not None and "script-src 'self' https://" + CLERK_HOST in resp.headers["content-security-policy"]
+    page.wait_for_selector("text=Clerk sign-in form")
+    assert page.evaluate("window.__clerk") == ["load", f"mountSignIn {base}{kept}"]
+    assert (csp, outside) == ([], [])
+
+
+def test_clerk_pages_keep_the_session_alive_and_sign_out_under_the_policy(
+    clerk_live: tuple[str, Any], browser: Any
+) -> None:
+    """A signed-in page loads Clerk (which renews the 60 s session cookie); signing out runs
+    Clerk's signOut from the sign-out page; no policy violation on the way."""
+    base, mint = clerk_live
+    outside: list[str] = []
+    page = _clerk_page(browser, base, outside, session=mint("user_2alice"))
+    csp = watch_csp(page)
+    page.goto(base + "/notes/new")
+    page.wait_for_function("window.__clerk && window.__clerk.length === 1")
+    assert page.evaluate("window.__clerk") == ["load"]
+    assert page.inner_text("#whoami") == "user_2alice"
+    page.click("#signout")
+    page.wait_for_url(base + "/")
+    assert (csp, outside) == ([], [])
+
+
+def test_the_policy_is_enforced_in_the_browser(clerk_live: tuple[str, Any], browser: Any) -> None:
+    """The checks above can fail: an inline script (what the pages used to have) is refused,
+    and the refusal is seen."""
+    base, _ = clerk_live
+    outside: list[str] = []
+    page = _clerk_page(browser, base, outside)
+    csp = watch_csp(page)
+    page.goto(base + "/signin")
+    page.wait_for_selector("text=Clerk sign-in form")
+    with pytest.raises(Exception, match="violates the following Content Security Policy directive 'script-src"):
+        page.add_script_tag(content="window.__inline = true;")
+    assert page.evaluate("window.__inline === undefined")
+    for _ in range(50):  # console messages arrive as events: wait for the refusal's
+        if csp:
+            break
+        page.wait_for_timeout(100)
+    assert any("inline script" in message for message in csp), csp

@@ -43,6 +43,33 @@ def _secret_key(instance: Path) -> str:
     return path.read_text().strip()
 
 
+def content_security_policy(clerk_publishable_key: str = "") -> str:
+    """The pages' Content-Security-Policy. Scripts, styles and images from this origin only
+    (inline styles allowed; no inline script); no plugins, framing or <base>; forms post here.
+    With Clerk, what Clerk documents it needs: its Frontend API (named in the publishable key)
+    for scripts and requests, its image host, Cloudflare's bot-protection challenge and Clerk's
+    fraud-protection hosts, workers from blob:, and runtime inline styles."""
+    from urllib.parse import urlsplit
+
+    from .views import clerk_js_url
+
+    directives = {
+        "default-src": ["'self'"], "script-src": ["'self'"], "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"], "connect-src": ["'self'"], "object-src": ["'none'"],
+        "base-uri": ["'none'"], "frame-ancestors": ["'none'"], "form-action": ["'self'"],
+    }
+    url = clerk_js_url(clerk_publishable_key) if clerk_publishable_key else ""
+    if url:
+        parts = urlsplit(url)
+        fapi = f"{parts.scheme}://{parts.netloc}"
+        directives["script-src"] += [fapi, "https://challenges.cloudflare.com", "https://*.protect.clerk.com"]
+        directives["connect-src"] += [fapi, "https://*.protect.clerk.com:*"]
+        directives["img-src"] += ["https://img.clerk.com"]
+        directives["worker-src"] = ["'self'", "blob:"]
+        directives["frame-src"] = ["https://challenges.cloudflare.com", "https://*.protect.clerk.com"]
+    return "; ".join(f"{name} {' '.join(values)}" for name, values in directives.items())
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The app. Clerk signs users in when ``CLERK_PUBLISHABLE_KEY`` and ``CLERK_SECRET_KEY``
     (or ``CLERK_JWT_KEY``) are set; otherwise the built-in dev sign-in (debug/testing only)."""
@@ -88,6 +115,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["notes_db"] = db
     app.extensions["notes_submit_key"] = submit_key(app.config["SECRET_KEY"])  # new-note digests (notes.py)
     app.teardown_appcontext(lambda exc: db.close())  # one connection per request thread, closed after
+    policy = content_security_policy(app.config.get("CLERK_PUBLISHABLE_KEY", "") if app.config["NOTES_SIGN_IN"] == "clerk"
+                                     else "")
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        """Pages show decrypted notes: no script but this origin's (and Clerk's), no framing
+        (the delete buttons cannot be clickjacked), no sniffing, no note URLs in Referer."""
+        response.headers.setdefault("Content-Security-Policy", policy)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.errorhandler(404)
     def not_found(err: Exception) -> tuple[str, int]:

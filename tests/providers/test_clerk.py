@@ -969,8 +969,9 @@ OpenPage = Callable[[str, str, "str | None"], "tuple[Any, list[str]]"]
 @pytest.fixture
 def open_page(browser: Any) -> Iterator[OpenPage]:
     """open_page(base, expired_token, fresh_token) -> (page, requests that tried to leave
-    loopback). The browser starts with an expired ``__session`` cookie; the fake Clerk SDK
-    hands out ``fresh_token`` (``None``: no Clerk session)."""
+    loopback, and Content-Security-Policy violations as "CSP: ..."). The browser starts with an
+    expired ``__session`` cookie; the fake Clerk SDK hands out ``fresh_token`` (``None``: no
+    Clerk session)."""
     contexts: list[Any] = []
 
     def _open(base: str, expired: str, fresh: str | None) -> tuple[Any, list[str]]:
@@ -994,6 +995,7 @@ def open_page(browser: Any) -> Iterator[OpenPage]:
         context.route("**/*", route)
         page = context.new_page()
         page.set_default_timeout(10_000)
+        page.on("console", lambda m: outside.append("CSP: " + m.text) if "Content Security Policy" in m.text else None)
         return page, outside
 
     yield _open
@@ -1033,3 +1035,24 @@ def test_browser_without_a_clerk_session_goes_to_sign_in(
     page.wait_for_url(re.compile(r"/signed-out\?to="))
     assert parse_qs(urlsplit(page.url).query)["to"] == [live + "/notes"]
     assert outside == []
+
+
+def test_the_refresh_page_policy_allows_its_own_script_only(
+    open_page: OpenPage, live: str, instance_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh page's policy allows its one inline script by hash: with another hash the
+    browser refuses the script, and nothing is refreshed (so the tests above do run it under
+    the policy)."""
+    import lockkit_clerk
+
+    monkeypatch.setattr(lockkit_clerk, "_REFRESH_SCRIPT_HASH", base64.b64encode(b"\0" * 32).decode())
+    page, outside = open_page(live, live_token(instance_key, age=200), live_token(instance_key))
+    resp = page.goto(live + "/notes")
+    assert resp is not None and urlsplit(page.url).path == "/lockkit/clerk/refresh"
+    assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
+    for _ in range(50):  # console messages arrive as events: wait for the refusal's
+        if any(o.startswith("CSP: ") for o in outside):
+            break
+        page.wait_for_timeout(100)
+    assert any(o.startswith("CSP: ") and "inline script" in o for o in outside), outside
+    assert page.inner_text("#lockkit-clerk-status") == "Refreshing your session\u2026"
