@@ -16,8 +16,9 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import islice, repeat
-from operator import contains, itemgetter, methodcaller, setitem
+from operator import contains, is_not, itemgetter, methodcaller, setitem
 from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -839,10 +840,10 @@ class Encryption:
         self, models: list[Mapping[str, Any]], t: EncryptedTable, lc: LockContext | None
     ) -> list[dict[str, Any]] | None:
         """:meth:`_decrypt_models` with a table, column by column, for the usual batch: dicts
-        holding a payload dict in every one of the table's fields. The values are gathered,
+        holding a payload dict (or None) in every one of the table's fields. The values are gathered,
         checked, decrypted (in one key-service call, as one run of the batch per column) and
-        stored with ``map`` over C functions. None for any other batch (a field missing or
-        None, a value that is not a payload dict), which the caller takes model by model.
+        stored with ``map`` over C functions. None for any other batch (a field missing, a
+        value that is not a payload dict), which the caller takes model by model.
 
         :raises LockkitError: the failure of the first failed value, as the model-by-model
             path raises it (models in order, each model's fields in its own order).
@@ -854,12 +855,16 @@ class Encryption:
         payloads: list[Any] = []
         expected: list[tuple[str, str]] = []
         for field in fields:
-            values = list(map(methodcaller("get", field), models))
+            values = list(map(methodcaller("get", field, _ABSENT), models))
+            kinds = set(map(type, values))
+            if not kinds <= _DICT_OR_NONE:  # also: no field missing (the sentinel is neither)
+                return None
+            found = values if type(None) not in kinds else list(filter(partial(is_not, None), values))
+            k = len(found)
             if (
-                set(map(type, values)) != {dict}  # also: no field missing or None
-                or list(map(_GET_K, values)).count("ct") != m
-                or sum(map(contains, values, repeat("c", m))) != m
-                or sum(map(contains, values, repeat("v", m))) != m
+                list(map(_GET_K, found)).count("ct") != k
+                or sum(map(contains, found, repeat("c", k))) != k
+                or sum(map(contains, found, repeat("v", k))) != k
             ):
                 return None
             payloads += values
@@ -985,6 +990,8 @@ def _decode_all(plains: list[bytes]) -> list[Any]:
 
 _first_byte = itemgetter(0)
 _GET_K = methodcaller("get", "k")
+_ABSENT = object()  # a model without the field
+_DICT_OR_NONE = frozenset({dict, type(None)})
 _date, _datetime = dt.date.fromisoformat, dt.datetime.fromisoformat
 
 

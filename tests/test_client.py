@@ -1058,13 +1058,21 @@ def test_full_models_decrypt_column_by_column_like_model_by_model(
     """A batch with a payload in every column (decrypted column by column) gives what the
     model-by-model path gives: the same values, fields, key order and pass-through fields."""
     enc = _full_models(client, users, alice, 12)
+    enc[3]["name"] = enc[7]["age"] = None  # a null column value stays None, on either path
     fast = client.bulk_decrypt_models(enc, users).with_lock_context(alice).unwrap()
     slow = client.bulk_decrypt_models([*enc, {"id": 99, "email": None}], users).with_lock_context(alice).unwrap()
     assert fast == slow[:-1] and slow[-1] == {"id": 99, "email": None}
     assert [list(m) for m in fast] == [list(m) for m in enc]
     assert fast[5] == {"id": 5, "notes": {"n": 5}, "age": 5, "name": "User 5", "email": "u5@x.y", "extra": "kept"}
+    assert fast[3]["name"] is None and fast[7]["age"] is None and fast[3]["age"] == 3
     assert enc[5]["email"]["k"] == "ct"  # the input models are not changed
-    assert column_path == ["done", "declined"]
+    assert column_path == ["done", "declined"]  # the model without most fields goes model by model
+    for odd in ({}, {"k": "ct", "c": "x"}, "text", 7):  # not a payload: the exact error, model by model
+        batch = [dict(m) for m in enc]
+        batch[2]["notes"] = odd
+        res = client.bulk_decrypt_models(batch, users).with_lock_context(alice).result()
+        assert res.failure is not None and res.failure.message == "notes: expected an encrypted payload"
+    assert column_path[2:] == ["declined"] * 4
 
 
 @pytest.mark.parametrize("how", ["moved", "tampered", "other-identity", "foreign-keyset"])
