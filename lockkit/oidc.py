@@ -29,17 +29,22 @@ import json
 import logging
 import math
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 import jwt
 import requests
+import requests.adapters
+import urllib3
+from urllib3 import connection as urllib3_connection
 from urllib3 import exceptions as urllib3_errors
 from urllib3.util import parse_url
 from cryptography import x509
@@ -548,27 +553,156 @@ class RefreshSchedule:
         return self.attempted_at is None or abs(now - self.attempted_at) >= self.min_refetch_interval
 
 
+# --------------------------------------------------------------------------- answer deadlines
+#
+# A timeout bounds the connection and each read only. A server that sends its status line and
+# headers a byte at a time, each byte within the read timeout, would hold the request (and a
+# JWKS refresh, which every later refresh waits behind) for as long as it liked: 100 header
+# lines of 64 KiB at a byte every few seconds is years. Bodies are read against a deadline by
+# read_body; the head of the answer is cut off here: a session with DeadlineAdapter mounted
+# shuts the connection's socket down when the head has not arrived within twice the request's
+# timeout (connect timeout plus twice the read timeout for a pair).
+
+_HEAD_BY: ContextVar[float | None] = ContextVar("lockkit_answer_head_by", default=None)
+
+
+def _cut(sock: Any, cut: threading.Event) -> None:
+    """Shut a socket down from another thread: the read blocked on it returns at once."""
+    cut.set()
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's (an SSLSocket's drops its state)
+    except OSError:
+        pass  # already closed
+
+
+class _HeadDeadline:
+    """``getresponse`` (the status line and headers) cut off at the deadline its adapter set:
+    then it raises :class:`HeadTooSlow` (``requests.exceptions.ReadTimeout``)."""
+
+    sock: Any
+
+    def getresponse(self) -> Any:
+        deadline = _HEAD_BY.get()
+        if deadline is None or self.sock is None:
+            return super().getresponse()  # type: ignore[misc]
+        cut = threading.Event()
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (self.sock, cut))
+        timer.daemon = True
+        timer.start()
+        try:
+            response = super().getresponse()  # type: ignore[misc]
+        except Exception:
+            if not cut.is_set():
+                raise
+            response = None
+        finally:
+            timer.cancel()
+        if cut.is_set():  # whatever was read before the cut is not an answer
+            if response is not None:
+                response.close()
+            raise HeadTooSlow()
+        return response
+
+
+class HeadTooSlow(urllib3_errors.ReadTimeoutError):
+    """An answer's status line and headers did not arrive by their deadline (``requests``
+    raises it as ``requests.exceptions.ReadTimeout``)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "", "the answer's status line and headers took too long")  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return "the answer's status line and headers took too long to arrive"
+
+
+class _HTTPConnection(_HeadDeadline, urllib3_connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeadDeadline, urllib3_connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS: Final = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _head_budget(timeout: Any) -> float | None:
+    """Seconds the head of an answer may take: twice the timeout; for ``(connect, read)``
+    the connect timeout plus twice the read timeout; None for no timeout."""
+    if isinstance(timeout, tuple) and len(timeout) == 2 and all(isinstance(t, int | float) for t in timeout):
+        return float(timeout[0]) + 2 * float(timeout[1])
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        return 2 * float(timeout)
+    return None
+
+
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """A transport adapter whose answers' status line and headers arrive within twice the
+    request's timeout (see above), or the request fails with ``requests.ConnectionError``."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
+             verify: bool | str = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        budget = _head_budget(timeout)
+        token = _HEAD_BY.set(time.monotonic() + budget) if budget is not None else None
+        try:
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        finally:
+            if token is not None:
+                _HEAD_BY.reset(token)
+
+
+def deadline_session(*, trust_env: bool = True) -> requests.Session:
+    """A ``requests.Session`` with :class:`DeadlineAdapter` mounted for http and https."""
+    session = requests.Session()
+    session.trust_env = trust_env
+    mount_deadlines(session)
+    return session
+
+
+def mount_deadlines(session: requests.Session) -> requests.Session:
+    """Mount :class:`DeadlineAdapter` on ``session`` for http and https (replacing the
+    default adapters; a session built by a library, e.g. Authlib's, keeps its own settings)."""
+    session.mount("https://", DeadlineAdapter())
+    session.mount("http://", DeadlineAdapter())
+    return session
+
+
 def direct_session() -> requests.Session:
     """A session that ignores proxy settings in the environment, for plain-HTTP URLs (which
     lockkit allows only on loopback): an ``HTTP_PROXY`` would otherwise see identity tokens
     and could answer with its own keys. HTTPS keeps the environment's proxies (TLS protects
-    that traffic). The caller closes it."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
+    that traffic). Answers' heads are cut off at a deadline (:class:`DeadlineAdapter`). The
+    caller closes it."""
+    return deadline_session(trust_env=False)
 
 
 @contextmanager
 def http_client(url: str, session: requests.Session | None) -> Iterator[Any]:
     """What to send a request for ``url`` with: the caller's ``session`` if any, else for a
-    plain-HTTP URL a :func:`direct_session` (closed afterwards), else ``requests`` itself."""
+    plain-HTTP URL a :func:`direct_session`, else a :func:`deadline_session` that keeps the
+    environment's proxy settings (either closed afterwards)."""
     if session is not None:
         yield session
-    elif urlsplit(url).scheme == "http":
-        with direct_session() as direct:
-            yield direct
     else:
-        yield requests
+        with (direct_session() if urlsplit(url).scheme == "http" else deadline_session()) as fresh:
+            yield fresh
 
 
 def fetch_jwks_document(

@@ -1246,6 +1246,87 @@ def test_a_trickling_jwks_is_cut_off_after_twice_the_timeout(idp: LocalIssuer) -
         assert _time.monotonic() - started < 5
 
 
+class _TricklingHead:
+    """A loopback server that sends a status line, then its headers one byte every 0.1 s
+    (each byte within any read timeout, the whole head never)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self.cut_off = threading.Event()  # the client went away mid-head
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        import time as _time
+
+        give_up = _time.monotonic() + 10  # a client that is never cut off fails the test, not hangs it
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not self._stop.wait(0.1) and _time.monotonic() < give_up:
+                    conn.sendall(b"X")
+            except OSError:
+                self.cut_off.set()
+
+    def __enter__(self) -> _TricklingHead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+def test_a_jwks_server_trickling_its_headers_is_cut_off(idp: LocalIssuer) -> None:
+    """The read timeout bounds each read, and read_body bounds the body: the status line and
+    headers are cut off at twice the timeout too (DeadlineAdapter), so a refresh, and every
+    later one waiting behind it, is not held for as long as the server trickles."""
+    import time as _time
+
+    with _TricklingHead() as server:
+        verifier = OIDCVerifier(idp.issuer_config(jwks_uri=server.url + "/jwks.json", http_timeout=0.5))
+        started = _time.monotonic()
+        with pytest.raises(ProviderUnavailableError) as info:
+            verifier.verify(idp.mint(now=NOW), now=NOW)
+        assert _time.monotonic() - started < 5
+        assert info.value.detail.endswith("the answer's status line and headers took too long to arrive")
+        assert server.cut_off.wait(5)  # the connection was shut down, not left open
+
+
+def test_every_session_lockkit_makes_cuts_off_a_trickling_head() -> None:
+    """The sessions lockkit and its providers create themselves carry DeadlineAdapter: the
+    direct and proxied ones for JWKS, discovery and CTS, OpenBao's, Clerk's Backend API's and
+    the OIDC provider's token-endpoint session (a caller's own session is used as given)."""
+    from lockkit.config import OpenBaoConfig
+    from lockkit.keys.openbao import OpenBaoHTTP
+    from lockkit.oidc import DeadlineAdapter, http_client
+    from lockkit_clerk import _backend_api_session
+    from lockkit_oidc import _TokenEndpointSession
+
+    sessions = [OpenBaoHTTP(OpenBaoConfig(addr="http://127.0.0.1:8200"))._session,
+                _backend_api_session("sk_test_x", "https://api.clerk.com"), _TokenEndpointSession("client")]
+    with http_client("http://127.0.0.1:1/x", None) as direct, http_client("https://idp.example/x", None) as proxied:
+        sessions += [direct, proxied]
+        assert (direct.trust_env, proxied.trust_env) == (False, True)
+    for session in sessions:
+        for scheme in ("http://x", "https://x"):
+            assert isinstance(session.get_adapter(scheme), DeadlineAdapter), (session, scheme)
+
+
 @pytest.mark.parametrize("where", [0, 10, -1])
 def test_a_token_that_is_not_ascii_is_invalid_not_a_crash(
     idp: LocalIssuer, verifier: OIDCVerifier, where: int

@@ -48,7 +48,7 @@ from ..errors import (
     LockkitError,
 )
 from ..identity import EXPIRED_MESSAGE, CtsToken
-from ..oidc import IssuerRouter, TokenVerifier
+from ..oidc import IssuerRouter, TokenVerifier, deadline_session
 from . import ColumnKey, KeyRequest, Lock, screen_all
 from .keyring import canonical
 
@@ -114,10 +114,10 @@ class OpenBaoHTTP:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         if session is None:
-            session = requests.Session()
             # OpenBao is addressed explicitly (LOCKKIT_OPENBAO_ADDR, LOCKKIT_OPENBAO_CA_CERT): do
-            # not consult proxy or CA-bundle variables on every call (it also costs ~1 ms)
-            session.trust_env = False
+            # not consult proxy or CA-bundle variables on every call (it also costs ~1 ms); an
+            # answer's status line and headers arrive within twice the timeout
+            session = deadline_session(trust_env=False)
         self._session = session
         if config.ca_cert:
             self._session.verify = config.ca_cert

@@ -48,7 +48,7 @@ from lockkit import (
     hookimpl,
 )
 from lockkit.config import flag
-from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, protected_url
+from lockkit.oidc import Claims, IssuerConfig, OIDCVerifier, deadline_session, protected_url
 from lockkit.provider import IdentityProvider, RequestLike, bearer_token, safe_next
 
 __all__ = [
@@ -225,7 +225,7 @@ class _BearerAuth(AuthBase):
 
 
 def _backend_api_session(secret_key: str, base_url: str) -> requests.Session:
-    session = requests.Session()
+    session = deadline_session()  # an answer's head cut off like its body: within twice the timeout
     if base_url.startswith("http://"):
         # plain http (allowed on loopback only) never goes through a proxy from the environment:
         # it would see the secret key and could answer with its own signing keys

@@ -83,6 +83,7 @@ from lockkit.oidc import (
     IssuerConfig,
     OIDCVerifier,
     http_client,
+    mount_deadlines,
     protected_url,
     read_body,
     strict_json_loads,
@@ -566,6 +567,10 @@ class _TokenEndpointSession(OAuth2Session):  # type: ignore[misc]
     endpoint trickling its answer would otherwise hold each refreshing request for as long as
     it trickles, and never count as a transient failure. Cut off, it raises
     :class:`~lockkit.oidc.BodyTooSlow` (transient: the refresh backoff starts)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mount_deadlines(self)  # the answer's status line and headers within twice the timeout too
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         deadline = time.monotonic() + 2 * float(self.default_timeout)  # the provider's http_timeout (> 0)
