@@ -1258,7 +1258,8 @@ class _TricklingHead:
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._stop = threading.Event()
         self.cut_off = threading.Event()  # the client went away mid-head
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         import threading
@@ -1267,6 +1268,9 @@ class _TricklingHead:
             try:
                 conn, _ = self._listener.accept()
             except OSError:
+                return
+            if self._stop.is_set():
+                conn.close()
                 return
             threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
@@ -1287,7 +1291,11 @@ class _TricklingHead:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import socket
+
         self._stop.set()
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): closing alone would not
+        self._thread.join(5)
         self._listener.close()
 
 

@@ -234,7 +234,13 @@ class ScriptedOP:
 
 
 class _Listener:
-    """A TCP listener on 127.0.0.1 handing each accepted connection to :meth:`_take`."""
+    """A TCP listener on 127.0.0.1 handing each accepted connection to :meth:`_take`.
+
+    :meth:`close` stops the accepting thread before it returns. Closing the socket alone does
+    not wake a thread blocked in ``accept()`` on Linux: the thread outlived the test, and when
+    a signal (a subprocess's SIGCHLD) restarted its ``accept()``, it ran on whatever socket had
+    since been given the same file descriptor, and took connections meant for another server
+    (the shared LocalIssuer's JWKS: "identity provider keys are unavailable")."""
 
     def __init__(self, port: int = 0, backlog: int = 16) -> None:
         self.sock = socket.socket()
@@ -243,7 +249,9 @@ class _Listener:
         self.sock.listen(backlog)
         self.port = int(self.sock.getsockname()[1])
         self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name=f"test-listener-{self.port}", daemon=True)
+        self._thread.start()
 
     @property
     def issuer(self) -> str:
@@ -255,6 +263,9 @@ class _Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self._closing.is_set():  # accepted while closing: not ours to serve
+                conn.close()
+                return
             self.accepted += 1
             self._take(conn)
 
@@ -262,7 +273,14 @@ class _Listener:
         raise NotImplementedError
 
     def close(self) -> None:
+        self._closing.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._thread.join(5)
         self.sock.close()
+        assert not self._thread.is_alive(), "the test listener's accept thread did not stop"
 
 
 class HangingServer(_Listener):
