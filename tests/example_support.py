@@ -351,3 +351,21 @@ def clerk_example(example_env: str, sqlite_path: Path, party: str = "http://loca
     app = example_app(f"sqlite:///{sqlite_path}", example_env, LOCKKIT_PROVIDERS=["clerk"],
                       CLERK_PUBLISHABLE_KEY=publishable, CLERK_JWT_KEY=pem, CLERK_AUTHORIZED_PARTIES=party)
     return app, mint
+
+
+def route_offline(context: Any, base: str, fakes: dict[str, str], outside: list[str]) -> None:
+    """Route a Playwright browser context so that nothing leaves loopback: requests under
+    ``base`` go through, each URL in ``fakes`` is answered with its JavaScript, anything else
+    is aborted and recorded in ``outside``."""
+
+    def route(r: Any) -> None:
+        url = r.request.url
+        if url.startswith(base + "/"):
+            r.continue_()
+        elif url in fakes:
+            r.fulfill(status=200, content_type="text/javascript", body=fakes[url])
+        else:
+            outside.append(url)
+            r.abort()
+
+    context.route("**/*", route)

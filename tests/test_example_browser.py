@@ -25,6 +25,7 @@ from .example_support import (  # noqa: F401  (fixtures)
     example_app,
     example_env,
     free_port,
+    route_offline,
     serve,
     sqlite_dump,
     sqlite_file_bytes,
@@ -229,18 +230,7 @@ def _clerk_page(browser: Any, base: str, outside: list[str], session: str | None
 
         context.add_cookies([{"name": "__session", "value": session, "url": base},
                              {"name": "__client_uat", "value": str(int(time.time()) - 3600), "url": base}])
-
-    def route(r: Any) -> None:
-        url = r.request.url
-        if url.startswith(base + "/"):
-            r.continue_()
-        elif url == clerk_js:
-            r.fulfill(status=200, content_type="text/javascript", body=FAKE_CLERK_JS)
-        else:  # nothing leaves loopback
-            outside.append(url)
-            r.abort()
-
-    context.route("**/*", route)
+    route_offline(context, base, {clerk_js: FAKE_CLERK_JS}, outside)
     page = context.new_page()
     page.set_default_timeout(10_000)
     return page

@@ -41,6 +41,8 @@ from lockkit.oidc import (
 )
 from lockkit.testing import LocalIssuer
 
+from .providers.scripted_op import _Listener
+
 NOW = 1_700_000_000.0
 TTL = 300.0  # JWKS cache ttl (IssuerConfig default)
 INTERVAL = 30.0  # min refetch interval (IssuerConfig default)
@@ -1246,38 +1248,28 @@ def test_a_trickling_jwks_is_cut_off_after_twice_the_timeout(idp: LocalIssuer) -
         assert _time.monotonic() - started < 5
 
 
-class _TricklingHead:
+class _TricklingHead(_Listener):
     """A loopback server that sends a status line, then its headers one byte every 0.1 s
-    (each byte within any read timeout, the whole head never)."""
+    (each byte within any read timeout, the whole head never; at most 10 s, so a client that
+    is never cut off fails the test rather than hanging it)."""
 
     def __init__(self) -> None:
-        import socket
         import threading
 
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._stop = threading.Event()
         self.cut_off = threading.Event()  # the client went away mid-head
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
+        self.url = self.issuer
 
-    def _accept(self) -> None:
+    def _take(self, conn: Any) -> None:
         import threading
 
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._stop.is_set():
-                conn.close()
-                return
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+        threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn: Any) -> None:
         import time as _time
 
-        give_up = _time.monotonic() + 10  # a client that is never cut off fails the test, not hangs it
+        give_up = _time.monotonic() + 10
         with conn:
             try:
                 conn.recv(65536)
@@ -1291,12 +1283,8 @@ class _TricklingHead:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import socket
-
         self._stop.set()
-        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): closing alone would not
-        self._thread.join(5)
-        self._listener.close()
+        self.close()
 
 
 def test_a_jwks_server_trickling_its_headers_is_cut_off(idp: LocalIssuer) -> None:

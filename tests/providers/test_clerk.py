@@ -57,6 +57,8 @@ from lockkit_clerk import (
     frontend_api_from_publishable_key,
 )
 
+from ..example_support import route_offline
+
 FAPI = "fancy-fox-12.clerk.accounts.dev"
 ISSUER = f"https://{FAPI}"
 PK = "pk_test_" + base64.b64encode(f"{FAPI}$".encode()).decode().rstrip("=")
@@ -981,18 +983,7 @@ def open_page(browser: Any) -> Iterator[OpenPage]:
         context.add_cookies([{"name": "__session", "value": expired, "url": base},
                              {"name": "__client_uat", "value": uat, "url": base}])
         outside: list[str] = []
-
-        def route(r: Any) -> None:
-            url = r.request.url
-            if url.startswith(base + "/"):
-                r.continue_()
-            elif url == CLERK_JS:
-                r.fulfill(status=200, content_type="text/javascript", body=_fake_clerk_js(fresh))
-            else:  # nothing leaves loopback
-                outside.append(url)
-                r.abort()
-
-        context.route("**/*", route)
+        route_offline(context, base, {CLERK_JS: _fake_clerk_js(fresh)}, outside)
         page = context.new_page()
         page.set_default_timeout(10_000)
         page.on("console", lambda m: outside.append("CSP: " + m.text) if "Content Security Policy" in m.text else None)
