@@ -87,7 +87,9 @@ class BaoFileServer:
         (tmp / "data").mkdir(exist_ok=True)
         self.config = tmp / "bao.hcl"
         self.config.write_text(
-            f'storage "raft" {{\n  path = "{tmp / "data"}"\n  node_id = "n1"\n}}\n'
+            # performance_multiplier 1: a single node elects itself in 1-2 s (the default, 5,
+            # takes 5-10 s, and sys/init waits for it)
+            f'storage "raft" {{\n  path = "{tmp / "data"}"\n  node_id = "n1"\n  performance_multiplier = 1\n}}\n'
             f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
             f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n'
             f'  max_request_json_strings = 20000\n}}\n'
@@ -98,12 +100,22 @@ class BaoFileServer:
         self.root_token: str | None = None
 
     def start(self) -> None:
+        """Start, init (the first time) and unseal; a server that fails to come up is stopped
+        (never left running behind a failed test)."""
         with open(self.dir / "bao.log", "ab") as log:
             self.proc = subprocess.Popen([self.binary, "server", f"-config={self.config}"], stdout=log,
                                          stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(self.dir)})
+        try:
+            self._bring_up()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _bring_up(self) -> None:
+        assert self.proc is not None
         wait_ready(self.addr, self.proc)
-        if self.unseal_key is None:
-            r = requests.put(f"{self.addr}/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=10)
+        if self.unseal_key is None:  # init waits for the node to elect itself leader
+            r = requests.put(f"{self.addr}/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
             r.raise_for_status()
             doc = r.json()
             self.unseal_key, self.root_token = doc["keys"][0], doc["root_token"]
