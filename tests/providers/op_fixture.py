@@ -57,6 +57,24 @@ NPM_TIMEOUT = 300
 _npm_lock = threading.Lock()
 
 
+def provider_of(app: Flask, cls: type[Any]) -> Any:
+    """The app's one identity provider, checked to be a ``cls``."""
+    provider = get_state(app).providers[0]
+    assert isinstance(provider, cls)
+    return provider
+
+
+def unsealed_entry(app: Flask, client: FlaskClient, key: str, purpose: str) -> dict[str, Any] | None:
+    """A provider's sealed session entry ``key``, unsealed for ``purpose`` (``None`` when absent)."""
+    with client.session_transaction() as sess:
+        raw = sess.get(key)
+    if raw is None:
+        return None
+    value = get_state(app).sealer.unseal(purpose, raw)
+    assert isinstance(value, dict)
+    return value
+
+
 def new_signing_key() -> dict[str, Any]:
     """A fresh RS256 private JWK (with ``kid``) for the OP's JWKS."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -15,11 +15,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from lockkit import ConfigurationError
-from lockkit.flask import get_state
 from lockkit.plugins import identity_provider_classes, make_plugin_manager
 from lockkit_auth0 import Auth0Provider
 from lockkit_oidc import OIDCProvider
 
+from .op_fixture import provider_of as _provider_of
+from .op_fixture import unsealed_entry
 from .op_fixture import APP_ORIGIN, API_AUDIENCE, WEB_CLIENT, OPServer, bearer, lockkit_app, op, sign_in, spa_access_token
 
 __all__ = ["op"]  # fixture used by name
@@ -40,16 +41,12 @@ def auth0_config(server: OPServer, **extra: Any) -> dict[str, Any]:
 
 
 def provider_of(app: Flask) -> Auth0Provider:
-    provider = get_state(app).providers[0]
-    assert isinstance(provider, Auth0Provider)
+    provider: Auth0Provider = _provider_of(app, Auth0Provider)
     return provider
 
 
 def stored_tokens(app: Flask, client: FlaskClient) -> dict[str, Any] | None:
-    with client.session_transaction() as sess:
-        raw = sess.get("_lockkit_auth0")
-    value = get_state(app).sealer.unseal("lockkit-auth0-tokens", raw)
-    return value if isinstance(value, dict) else None
+    return unsealed_entry(app, client, "_lockkit_auth0", "lockkit-auth0-tokens")
 
 
 def test_entry_point_registers_the_provider() -> None:

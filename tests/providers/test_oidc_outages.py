@@ -20,9 +20,10 @@ from flask_session import Session  # type: ignore[import-untyped]
 
 import lockkit_oidc
 from lockkit import ExpiredCredentialError
-from lockkit.flask import get_state
 from lockkit_oidc import OIDCProvider
 
+from .op_fixture import provider_of as _provider_of
+from .op_fixture import unsealed_entry
 from .scripted_op import (
     CLIENT_ID,
     Scripted,
@@ -42,19 +43,12 @@ ONE_TIMEOUT = 1.8
 
 
 def provider_of(app: Flask) -> OIDCProvider:
-    provider = get_state(app).providers[0]
-    assert isinstance(provider, OIDCProvider)
+    provider: OIDCProvider = _provider_of(app, OIDCProvider)
     return provider
 
 
 def stored_tokens(app: Flask, client: FlaskClient) -> dict[str, Any] | None:
-    with client.session_transaction() as sess:
-        raw = sess.get("_lockkit_oidc")
-    if raw is None:
-        return None
-    value = get_state(app).sealer.unseal("lockkit-oidc-tokens", raw)
-    assert isinstance(value, dict)
-    return value
+    return unsealed_entry(app, client, "_lockkit_oidc", "lockkit-oidc-tokens")
 
 
 def session_cookie(client: FlaskClient) -> str:

@@ -30,6 +30,8 @@ from lockkit.testing import LocalIssuer
 from lockkit.provider import safe_next as _safe_next
 from lockkit_oidc import OIDCProvider, OIDCSettings
 
+from .op_fixture import provider_of as _provider_of
+from .op_fixture import unsealed_entry
 from .op_fixture import (
     API_AUDIENCE,
     APP_ORIGIN,
@@ -74,20 +76,13 @@ def client(app: Flask) -> FlaskClient:
 
 
 def provider_of(app: Flask) -> OIDCProvider:
-    provider = get_state(app).providers[0]
-    assert isinstance(provider, OIDCProvider)
+    provider: OIDCProvider = _provider_of(app, OIDCProvider)
     return provider
 
 
 def stored_tokens(app: Flask, client: FlaskClient, key: str = "_lockkit_oidc") -> dict[str, Any] | None:
     """The provider's sealed session entry, unsealed (``None`` when absent)."""
-    with client.session_transaction() as sess:
-        raw = sess.get(key)
-    if raw is None:
-        return None
-    value = get_state(app).sealer.unseal("lockkit-oidc-tokens", raw)
-    assert isinstance(value, dict)
-    return value
+    return unsealed_entry(app, client, key, "lockkit-oidc-tokens")
 
 
 def session_dump(client: FlaskClient) -> str:
