@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from itertools import islice, repeat
-from operator import contains, is_not, itemgetter, methodcaller, setitem
+from operator import contains, is_, is_not, itemgetter, methodcaller, setitem
 from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -577,6 +577,11 @@ class Encryption:
             match = col.match_index if hasher is not None else None
             out: list[dict[str, Any] | None | LockkitError] = []
             append = out.append
+            ident = {"t": tn, "c": cn}
+            names = list(lc_names) if lc_names else None
+            template: dict[str, Any] = {"v": 1, "k": "ct", "i": None, "ks": keyset, "kid": kid, "c": None}
+            if names is not None:
+                template["lc"] = None
             # nonces and key checks a chunk at a time: the scratch memory stays small (and in
             # cache) however long the batch
             for start in range(0, len(values), _ENCRYPT_CHUNK):
@@ -585,20 +590,36 @@ class Encryption:
                 rnd = os.urandom(12 * n)
                 nonces = [rnd[k : k + 12] for k in range(0, 12 * n, 12)]
                 prefixes = _interleave(rnd, data_key.key_checks(nonces), n)  # nonce | key check, per value
+                raws = _encode_all(kind, part)
+                if raws is not None:  # the usual chunk: every value of the column's type, no None
+                    heads = map(prefixes.__getitem__, map(slice, range(0, 16 * n, 16), range(16, 16 * n + 16, 16)))
+                    sealed = map(bytes.__add__, heads, map(enc, nonces, raws, repeat(aad, n)))
+                    cs = [b64(blob, newline=False).decode() for blob in sealed]
+                    if hasher is None:  # the loop below's dicts, copied from a template (a memcpy each)
+                        for c in cs:
+                            payload = template.copy()
+                            payload["i"], payload["c"] = ident.copy(), c
+                            if names is not None:
+                                payload["lc"] = names.copy()
+                            append(payload)
+                        continue
+                else:
+                    cs = None
                 for j, value in enumerate(part):
                     if value is None:
                         append(None)
                         continue
                     try:
-                        if text and type(value) is str:
-                            raw = b"s" + value.encode()
+                        if cs is not None:
+                            c = cs[j]
                         else:
-                            raw = encode_value(kind, value, where)
-                        o = 16 * j
-                        p: dict[str, Any] = {
-                            "v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid,
-                            "c": b64(prefixes[o : o + 16] + enc(nonces[j], raw, aad), newline=False).decode(),
-                        }
+                            if text and type(value) is str:
+                                raw = b"s" + value.encode()
+                            else:
+                                raw = encode_value(kind, value, where)
+                            o = 16 * j
+                            c = b64(prefixes[o : o + 16] + enc(nonces[j], raw, aad), newline=False).decode()
+                        p: dict[str, Any] = {"v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid, "c": c}
                         if lc_names:
                             p["lc"] = list(lc_names)
                         if hasher is not None:
@@ -793,6 +814,9 @@ class Encryption:
     def _encrypt_models(
         self, models: list[Mapping[str, Any]], table: EncryptedTable, lc: LockContext | None
     ) -> list[dict[str, Any]]:
+        done = self._encrypt_full_models(models, table, lc)
+        if done is not None:
+            return done
         items: list[_Item] = []
         slots: list[tuple[int, str]] = []
         for m_i, model in enumerate(models):
@@ -803,6 +827,40 @@ class Encryption:
                     items.append(_Item(table, col, model[field]))
                     slots.append((m_i, field))
         return _fill_models(models, slots, self._encrypt_items(items, lc))
+
+    def _encrypt_full_models(
+        self, models: list[Mapping[str, Any]], t: EncryptedTable, lc: LockContext | None
+    ) -> list[dict[str, Any]] | None:
+        """:meth:`_encrypt_models` column by column, for the usual batch: dicts that hold every
+        one of the table's fields. The same batches (one per column, in the table's order) go to
+        the same single key-service call; the values are gathered and stored with ``map``. None
+        for any other batch (a field missing, a model that is not a dict), which the caller
+        takes model by model.
+
+        :raises LockkitError: the failure of the first failed value, as the model-by-model path
+            raises it (models in order, each model's fields in the table's order).
+        """
+        m = len(models)
+        if not m or set(map(type, models)) != {dict}:
+            return None
+        fields = list(t.columns)
+        batches: list[tuple[EncryptedTable, EncryptedColumn, list[Any]]] = []
+        for field in fields:
+            values = list(map(methodcaller("get", field, _ABSENT), models))
+            if any(map(is_, values, repeat(_ABSENT, m))):  # by identity: never a value's own __eq__
+                return None
+            batches.append((t, t.columns[field], values))
+        outs = self._encrypt_batches(batches, lc)
+        if any(any(map(isinstance, out, repeat(LockkitError, m))) for out in outs):
+            for i in range(m):  # the first failure in model-by-model order
+                for field, out in zip(fields, outs):
+                    o = out[i]
+                    if isinstance(o, LockkitError):
+                        raise type(o)(f"{field}: {o.message}", retryable=o.retryable) from o
+        result = list(map(dict, models))
+        for field, out in zip(fields, outs):
+            _consume(map(setitem, result, repeat(field, m), out))
+        return result
 
     def _decrypt_models(
         self, models: list[Mapping[str, Any]], table: EncryptedTable | str | None, lc: LockContext | None
@@ -960,6 +1018,32 @@ _NONCE = itemgetter(slice(0, pl.NONCE_BYTES))
 _CHECK = itemgetter(slice(pl.NONCE_BYTES, pl.NONCE_BYTES + pl.CHECK_BYTES))
 _BODY = itemgetter(slice(pl.NONCE_BYTES + pl.CHECK_BYTES, None))
 _REST = itemgetter(slice(1, None))
+
+
+def _encode_all(kind: str, values: list[Any]) -> list[bytes] | None:
+    """:func:`payload.encode_value` of each value, in C with ``map``, when every value has
+    exactly the column's type (text, int, date or datetime: no None, no subclass, no bool);
+    None otherwise, or when any value would not encode, for the value-by-value path (which
+    gives each value its exact result)."""
+    types = set(map(type, values))
+    if len(types) != 1:
+        return None
+    ty = types.pop()
+    try:
+        if ty is str and kind == "text":
+            return list(map(_TAG_S, map(str.encode, values)))
+        if ty is int and kind == "int":
+            return list(map(_TAG_I, map(str.encode, map(str, values))))
+        if ty is dt.date and kind == "date":
+            return list(map(_TAG_D, map(str.encode, map(dt.date.isoformat, values))))
+        if ty is dt.datetime and kind == "datetime":
+            return list(map(_TAG_T, map(str.encode, map(dt.datetime.isoformat, values))))
+    except ValueError:  # a lone surrogate (UnicodeEncodeError), an int too long for str()
+        return None
+    return None
+
+
+_TAG_S, _TAG_I, _TAG_D, _TAG_T = b"s".__add__, b"i".__add__, b"d".__add__, b"t".__add__
 
 
 def _decode_all(plains: list[bytes]) -> list[Any]:

@@ -1008,6 +1008,157 @@ def test_the_bulk_decoder_agrees_with_decode_value_for_every_tag(plains: list[by
     assert [type(v) for v in got] == [type(v) for v in want]
 
 
+class _Text(str):
+    """A str subclass: encrypted value by value (encode_value's isinstance), never in bulk."""
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "bulk"),
+    [
+        ("text", ["sal@x.y", "", "s\u00e9\U0001f512"], True),
+        ("int", [0, -7, 10**50], True),
+        ("date", [dt.date(2024, 2, 29), dt.date(1, 1, 1)], True),
+        ("datetime", [dt.datetime(2024, 2, 29, 10, 11, 12, 123456),
+                      dt.datetime(2024, 2, 29, 10, 11, tzinfo=dt.timezone(dt.timedelta(hours=1)))], True),
+        ("text", ["ok", None], False),             # None stays None: value by value
+        ("text", ["ok", "\ud800"], False),         # a lone surrogate: its own EncryptionError
+        ("text", ["ok", _Text("sub")], False),      # a str subclass
+        ("text", ["ok", 7], False),                # a value of another type
+        ("int", [1, True], False),                 # a bool is not an int column's value
+        ("int", [1, 10**5000], False),             # too long for str(): its own EncryptionError
+        ("date", [dt.datetime(2024, 1, 1)], False),  # a datetime in a date column
+        ("datetime", [dt.date(2024, 1, 1)], False),  # a date in a datetime column
+        ("float", [1.5, 2.5], False),              # kinds the bulk encoder leaves to encode_value
+        ("json", [{"a": 1}], False),
+        ("text", [], False),
+    ],
+    ids=["text", "int", "date", "datetime", "none", "surrogate", "subclass", "mixed", "bool", "huge-int",
+         "datetime-as-date", "date-as-datetime", "float", "json", "empty"],
+)
+def test_the_bulk_encoder_agrees_with_encode_value(kind: str, values: list[Any], bulk: bool) -> None:
+    """A chunk whose values all have exactly the column's type is encoded all at once, to
+    exactly encode_value's bytes; any other chunk is left to encode_value, value by value."""
+    from lockkit.client import _encode_all
+    from lockkit.payload import encode_value
+
+    got = _encode_all(kind, values)
+    if not bulk:
+        assert got is None
+        return
+    assert got == [encode_value(kind, v, "t.c") for v in values]
+
+
+def _payloads(client: Encryption, users: EncryptedTable, lc: LockContext | None, column: str,
+              values: list[Any]) -> list[Any]:
+    op = client.bulk_encrypt(values, column=column, table=users)
+    return [r.unwrap() for r in (op.with_lock_context(lc) if lc is not None else op).unwrap()]
+
+
+@pytest.mark.parametrize("column", ["age", "email"])  # no search index / equality and match terms
+@pytest.mark.parametrize("locked", [True, False])
+def test_bulk_encrypt_builds_the_same_payloads_on_either_path(
+    client: Encryption, users: EncryptedTable, alice: LockContext, column: str, locked: bool
+) -> None:
+    """A chunk of plain values is encrypted all at once; with a None in it, value by value.
+    Both give payloads with the same fields in the same order, the same terms, each payload
+    with its own ``i`` dict and ``lc`` list, and the same values back."""
+    values: list[Any] = [40 + i for i in range(30)] if column == "age" else [f"u{i}@x.y" for i in range(30)]
+    lc = alice if locked else None
+    fast = _payloads(client, users, lc, column, values)
+    slow = _payloads(client, users, lc, column, [*values, None])
+    assert slow[-1] is None
+    assert [list(p) for p in fast] == [list(p) for p in slow[:-1]]
+    assert list(fast[0])[:6] == ["v", "k", "i", "ks", "kid", "c"] and ("lc" in fast[0]) == locked
+    assert [{k: v for k, v in p.items() if k != "c"} for p in fast] == [
+        {k: v for k, v in p.items() if k != "c"} for p in slow[:-1]]  # same header, same terms
+    assert len({id(p["i"]) for p in fast}) == len(fast)
+    if locked:
+        assert len({id(p["lc"]) for p in fast}) == len(fast) and fast[0]["lc"] == ["sub"]
+    fast[0]["i"]["t"] = "edited"  # one payload's header edited: no other payload changes
+    assert all(p["i"] == {"t": "users", "c": column} for p in fast[1:])
+    fast[0]["i"]["t"] = "users"
+    op = client.bulk_decrypt(fast)
+    assert [r.unwrap() for r in (op.with_lock_context(lc) if lc is not None else op).unwrap()] == values
+
+
+def test_bulk_encrypt_gives_bad_values_their_own_errors_in_a_plain_chunk(
+    client: Encryption, users: EncryptedTable, alice: LockContext
+) -> None:
+    """A chunk that cannot be encoded all at once (a lone surrogate, a bool among ints) goes
+    value by value: the bad value fails alone with encode_value's error."""
+    texts = client.bulk_encrypt(["a@x.y", "\ud800", "b@x.y"], column="email", table=users).with_lock_context(alice).unwrap()
+    assert [r.failure is None for r in texts] == [True, False, True]
+    assert texts[1].failure is not None and "lone surrogate" in texts[1].failure.message
+    ints = client.bulk_encrypt([1, True, 10**5000], column="age", table=users).with_lock_context(alice).unwrap()
+    assert [r.failure is None for r in ints] == [True, False, False]
+    assert ints[1].failure is not None and ints[1].failure.message == "users.age expects int, got bool"
+    assert ints[2].failure is not None and "cannot be encoded as int" in ints[2].failure.message
+
+
+@pytest.fixture
+def encrypt_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each bulk_encrypt_models call's column-by-column path did: "done", "raised" or
+    "declined" (the batch went model by model)."""
+    seen: list[str] = []
+    real = Encryption._encrypt_full_models
+
+    def spy(self: Encryption, *args: Any) -> Any:
+        try:
+            out = real(self, *args)
+        except LockkitError:
+            seen.append("raised")
+            raise
+        seen.append("declined" if out is None else "done")
+        return out
+
+    monkeypatch.setattr(Encryption, "_encrypt_full_models", spy)
+    return seen
+
+
+def test_full_models_encrypt_column_by_column_like_model_by_model(
+    client: Encryption, users: EncryptedTable, alice: LockContext, encrypt_path: list[str]
+) -> None:
+    """Models holding every column are encrypted column by column; a batch with a model
+    missing a field goes model by model. Both give the same fields, in the same order, with
+    the pass-through fields untouched, and decrypt to the input."""
+    models: list[dict[str, Any]] = [
+        {"id": i, "notes": {"n": i}, "age": i, "name": f"User {i}", "email": f"u{i}@x.y", "extra": "kept"}
+        for i in range(12)
+    ]
+    models[3]["name"] = None
+    fast = client.bulk_encrypt_models(models, users).with_lock_context(alice).unwrap()
+    slow = client.bulk_encrypt_models([*models, {"id": 99, "email": None}], users).with_lock_context(alice).unwrap()
+    assert encrypt_path == ["done", "declined"]
+    assert slow[-1] == {"id": 99, "email": None}
+    assert [list(m) for m in fast] == [list(m) for m in slow[:-1]] == [list(m) for m in models]
+    assert fast[3]["name"] is None and fast[5]["extra"] == "kept" and fast[5]["id"] == 5
+    assert [{f: (v["hm"] if isinstance(v, dict) and "hm" in v else None) for f, v in m.items()} for m in fast] == [
+        {f: (v["hm"] if isinstance(v, dict) and "hm" in v else None) for f, v in m.items()} for m in slow[:-1]]
+    assert models[5]["email"] == "u5@x.y"  # the input models are not changed
+    for batch in (fast, slow[:-1]):
+        assert client.bulk_decrypt_models(batch, users).with_lock_context(alice).unwrap() == models
+
+
+def test_full_models_encrypt_raises_the_first_failure_in_model_order(
+    client: Encryption, users: EncryptedTable, alice: LockContext, encrypt_path: list[str]
+) -> None:
+    """Column by column or model by model, a bad batch fails with the same error: the first
+    failed value's, models in order and each model's fields in the table's order."""
+    models: list[dict[str, Any]] = [{"email": f"u{i}@x.y", "name": "n", "age": i, "notes": None} for i in range(6)]
+    models[4]["notes"] = {1: "a"}  # JSON keys must be strings
+    models[4]["age"] = "forty"     # the table declares age before notes: this one is reported
+    models[5]["email"] = 12        # a later model fails too: not the one reported
+
+    def failure(batch: list[dict[str, Any]]) -> tuple[str, str]:
+        res = client.bulk_encrypt_models(batch, users).with_lock_context(alice).result()
+        assert res.failure is not None and res.data is None
+        return res.failure.type, res.failure.message
+
+    fast, slow = failure(models), failure([*models, {"id": 1}])
+    assert fast == slow == ("EncryptionError", "age: users.age expects int, got str")
+    assert encrypt_path == ["raised", "declined"]
+
+
 def test_a_tampered_value_in_an_authentic_batch_fails_alone(
     client: Encryption, users: EncryptedTable, alice: LockContext
 ) -> None:
