@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from itertools import chain
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,13 +28,13 @@ _WORD_RE = re.compile(r"\w+", re.UNICODE)
 class TermHasher:
     """Computes terms for one (table, column, identity) index key (64 bytes)."""
 
-    __slots__ = ("_hm", "_bf", "_grams", "_words")
+    __slots__ = ("_hm", "_bf", "_memos")
 
     def __init__(self, index_material: bytes) -> None:
         self._hm = hmac.HMAC(index_material[:32], hashes.SHA256())
         self._bf = hmac.HMAC(index_material[32:64], hashes.SHA256())
-        self._grams: dict[tuple[str, int, int], tuple[int, ...]] = {}
-        self._words: dict[tuple[str, int, int, int], frozenset[int]] = {}
+        #: per match index's (filter size, hash count): n-gram -> its filter bits
+        self._memos: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
 
     def equality(self, data: bytes) -> str:
         h = self._hm.copy()
@@ -41,43 +42,39 @@ class TermHasher:
         return h.finalize().hex()
 
     def _positions(self, gram: str, opts: MatchIndex) -> tuple[int, ...]:
-        key = (gram, opts.filter_size, opts.hash_count)
-        got = self._grams.get(key)
-        if got is None:
-            h = self._bf.copy()
-            h.update(gram.encode("utf-8"))
-            d = h.finalize()
-            if opts.hash_count > 16:  # pragma: no cover - MatchIndex forbids it
-                raise ValueError("hash_count")
-            got = tuple(
-                int.from_bytes(d[2 * i : 2 * i + 2], "big") % opts.filter_size for i in range(opts.hash_count)
-            )
-            if len(self._grams) >= 65536:  # bounded, like the word memo (a huge batch of varied text)
-                self._grams.clear()
-            self._grams[key] = got
-        return got
-
-    def _word_bits(self, word: str, opts: MatchIndex) -> frozenset[int]:
-        """The filter bits of one normalised word's n-grams (memoised: words repeat)."""
-        key = (word, opts.ngram, opts.filter_size, opts.hash_count)
-        got = self._words.get(key)
-        if got is None:
-            n = opts.ngram
-            grams = [word] if len(word) <= n else [word[i : i + n] for i in range(len(word) - n + 1)]
-            found: set[int] = set()
-            for g in grams:
-                found.update(self._positions(g, opts))
-            if len(self._words) >= 65536:
-                self._words.clear()
-            got = self._words[key] = frozenset(found)
-        return got
+        """The filter bits of one n-gram: ``hash_count`` 16-bit words of its HMAC, modulo the
+        filter's size."""
+        h = self._bf.copy()
+        h.update(gram.encode("utf-8"))
+        d = h.finalize()
+        if opts.hash_count > 16:  # pragma: no cover - MatchIndex forbids it
+            raise ValueError("hash_count")
+        return tuple(int.from_bytes(d[2 * i : 2 * i + 2], "big") % opts.filter_size for i in range(opts.hash_count))
 
     def match(self, text: str, opts: MatchIndex) -> list[int]:
-        """The sorted bits of ``text``'s n-grams (the same set :func:`ngrams` yields)."""
-        bits: set[int] = set()
+        """The sorted bits of ``text``'s n-grams (the same set :func:`ngrams` yields). Each
+        n-gram's bits are memoised (n-grams repeat far more than words do); the memo is
+        bounded (emptied at 65,536 entries), so a huge batch of varied text cannot grow it
+        without limit."""
+        memo = self._memos.get((opts.filter_size, opts.hash_count))
+        if memo is None:
+            memo = self._memos[(opts.filter_size, opts.hash_count)] = {}
+        n = opts.ngram
+        grams: list[str] = []
         for word in words(text):
-            bits |= self._word_bits(word, opts)
-        return sorted(bits)
+            if len(word) <= n:
+                grams.append(word)
+            else:
+                grams += [word[i : i + n] for i in range(len(word) - n + 1)]
+        for g in grams:
+            if g not in memo:
+                if len(memo) >= 65536:
+                    memo.clear()
+                memo[g] = self._positions(g, opts)
+        try:
+            return sorted(set(chain.from_iterable(map(memo.__getitem__, grams))))
+        except KeyError:  # emptied above while this text's n-grams were being added
+            return sorted(set(chain.from_iterable(self._positions(g, opts) for g in grams)))
 
 
 def normalise(text: str) -> str:
