@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from itertools import islice, repeat
-from operator import contains, is_, is_not, itemgetter, methodcaller, setitem
+from operator import contains, is_, is_not, itemgetter, setitem
 from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -688,7 +688,7 @@ class Encryption:
                     assert g is not None  # payload.parse checked the header's types
             if expected is not None:
                 want = expected[i]
-                if want is not None and (g.table, g.column) != want:
+                if want is not None and g.where != want:
                     out[i] = DecryptionError(
                         f"payload belongs to {g.table}.{g.column}, not {want[0]}.{want[1]} (was it moved?)"
                     )
@@ -846,7 +846,7 @@ class Encryption:
         fields = list(t.columns)
         batches: list[tuple[EncryptedTable, EncryptedColumn, list[Any]]] = []
         for field in fields:
-            values = list(map(methodcaller("get", field, _ABSENT), models))
+            values = list(map(_DICT_GET, models, repeat(field, m), repeat(_ABSENT, m)))
             if any(map(is_, values, repeat(_ABSENT, m))):  # by identity: never a value's own __eq__
                 return None
             batches.append((t, t.columns[field], values))
@@ -913,14 +913,14 @@ class Encryption:
         payloads: list[Any] = []
         expected: list[tuple[str, str]] = []
         for field in fields:
-            values = list(map(methodcaller("get", field, _ABSENT), models))
+            values = list(map(_DICT_GET, models, repeat(field, m), repeat(_ABSENT, m)))
             kinds = set(map(type, values))
             if not kinds <= _DICT_OR_NONE:  # also: no field missing (the sentinel is neither)
                 return None
             found = values if type(None) not in kinds else list(filter(partial(is_not, None), values))
             k = len(found)
             if (
-                list(map(_GET_K, found)).count("ct") != k
+                list(map(_DICT_GET, found, repeat("k", k))).count("ct") != k
                 or sum(map(contains, found, repeat("c", k))) != k
                 or sum(map(contains, found, repeat("v", k))) != k
             ):
@@ -1003,10 +1003,11 @@ def _is_payload(value: Any) -> bool:
 class _Group:
     """Payloads of one header in a decrypt batch (internal)."""
 
-    __slots__ = ("table", "column", "kid", "lc", "error", "index", "raws", "nonces", "bodies")
+    __slots__ = ("table", "column", "where", "kid", "lc", "error", "index", "raws", "nonces", "bodies")
 
     def __init__(self, table: str, column: str, kid: str, lc: tuple[str, ...] | None) -> None:
         self.table, self.column, self.kid, self.lc = table, column, kid, lc
+        self.where = (table, column)
         self.error: LockkitError | None = None
         self.index: list[int] = []
         self.raws: list[bytes] = []  # nonce | key check | ciphertext and tag
@@ -1073,8 +1074,8 @@ def _decode_all(plains: list[bytes]) -> list[Any]:
 
 
 _first_byte = itemgetter(0)
-_GET_K = methodcaller("get", "k")
 _ABSENT = object()  # a model without the field
+_DICT_GET: Any = dict.get  # a model's field (models are checked to be dicts first)
 _DICT_OR_NONE = frozenset({dict, type(None)})
 _date, _datetime = dt.date.fromisoformat, dt.datetime.fromisoformat
 
