@@ -25,9 +25,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import math
+import os
 import re
 import socket
 import threading
@@ -564,15 +567,87 @@ class RefreshSchedule:
 # timeout (connect timeout plus twice the read timeout for a pair).
 
 _HEAD_BY: ContextVar[float | None] = ContextVar("lockkit_answer_head_by", default=None)
+#: the head deadlines' clock: CLOCK_MONOTONIC, bound once (a test's stand-in for
+#: ``time.monotonic`` must not move the watchdog's deadlines)
+_clock: Final = time.monotonic
 
 
-def _cut(sock: Any, cut: threading.Event) -> None:
-    """Shut a socket down from another thread: the read blocked on it returns at once."""
-    cut.set()
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's (an SSLSocket's drops its state)
-    except OSError:
-        pass  # already closed
+class _Watch:
+    """One answer's head being waited for: its socket until the head arrives (None after)."""
+
+    __slots__ = ("sock", "fired")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock: Any = sock
+        self.fired = False
+
+
+class _Watchdog:
+    """One daemon thread for the whole process that shuts down the sockets of answers whose
+    head is overdue (a Timer thread per request cost ~0.4 ms each). Requests arm it with a
+    deadline and disarm it when the head has arrived; after :meth:`disarm` returns, the
+    socket is never touched again (arming, disarming and cutting all hold one lock)."""
+
+    #: disarmed entries wait in the heap until their deadline; past this many, and when they
+    #: are most of it, the heap is rebuilt without them
+    COMPACT_AT = 1024
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = itertools.count()
+        self._disarmed = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, sock: Any) -> _Watch:
+        watch = _Watch(sock)
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), watch))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lockkit-head-deadline", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watch:  # a new earliest deadline: wake the thread
+                self._cond.notify()
+        return watch
+
+    def disarm(self, watch: _Watch) -> bool:
+        """Stop watching; True if the socket was cut off (the head was overdue)."""
+        with self._cond:
+            if watch.sock is not None:
+                watch.sock = None
+                self._disarmed += 1
+                if self._disarmed > self.COMPACT_AT and 2 * self._disarmed > len(self._heap):
+                    self._heap = [entry for entry in self._heap if entry[2].sock is not None]
+                    heapq.heapify(self._heap)
+                    self._disarmed = 0
+            return watch.fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = _clock()
+                while self._heap and self._heap[0][0] <= now:
+                    watch = heapq.heappop(self._heap)[2]
+                    if watch.sock is None:
+                        self._disarmed = max(0, self._disarmed - 1)
+                        continue
+                    watch.fired = True
+                    try:  # the plain socket's shutdown (an SSLSocket's drops its state)
+                        socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed
+                    watch.sock = None
+                # at least once a second while anything is armed: a deadline is never missed
+                # by more than that, whatever happened to the clock since the last wait
+                self._cond.wait(min(self._heap[0][0] - now, 1.0) if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):  # a forked worker starts with no watchdog thread (and a free lock)
+    os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
 
 class _HeadDeadline:
@@ -585,19 +660,14 @@ class _HeadDeadline:
         deadline = _HEAD_BY.get()
         if deadline is None or self.sock is None:
             return super().getresponse()  # type: ignore[misc]
-        cut = threading.Event()
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (self.sock, cut))
-        timer.daemon = True
-        timer.start()
+        watch = _WATCHDOG.arm(deadline, self.sock)
         try:
             response = super().getresponse()  # type: ignore[misc]
         except Exception:
-            if not cut.is_set():
+            if not _WATCHDOG.disarm(watch):
                 raise
             response = None
-        finally:
-            timer.cancel()
-        if cut.is_set():  # whatever was read before the cut is not an answer
+        if _WATCHDOG.disarm(watch):  # whatever was read before the cut is not an answer
             if response is not None:
                 response.close()
             raise HeadTooSlow()
@@ -660,7 +730,7 @@ class DeadlineAdapter(requests.adapters.HTTPAdapter):
     def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
              verify: bool | str = True, cert: Any = None, proxies: Any = None) -> requests.Response:
         budget = _head_budget(timeout)
-        token = _HEAD_BY.set(time.monotonic() + budget) if budget is not None else None
+        token = _HEAD_BY.set(_clock() + budget) if budget is not None else None
         try:
             return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
         finally:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -1301,6 +1302,116 @@ def test_a_jwks_server_trickling_its_headers_is_cut_off(idp: LocalIssuer) -> Non
         assert _time.monotonic() - started < 5
         assert info.value.detail.endswith("the answer's status line and headers took too long to arrive")
         assert server.cut_off.wait(5)  # the connection was shut down, not left open
+
+
+def test_head_deadlines_share_one_watchdog_thread_and_release_every_socket(idp: LocalIssuer) -> None:
+    """Many requests through deadline sessions start no thread each: one watchdog thread for
+    the process, and once the answers are in it holds none of their sockets."""
+    import threading
+
+    from lockkit.oidc import _WATCHDOG, deadline_session
+
+    with deadline_session(trust_env=False) as session:
+        for _ in range(25):
+            assert session.get(idp.jwks_uri, timeout=5).status_code == 200
+        started: list[str] = []
+        real_start = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            started.append(thread.name)
+            real_start(thread)
+
+        threading.Thread.start = start  # type: ignore[method-assign]
+        try:
+            for _ in range(25):
+                assert session.get(idp.jwks_uri, timeout=5).status_code == 200
+        finally:
+            threading.Thread.start = real_start  # type: ignore[method-assign]
+        # the issuer's server starts a handler per connection; lockkit starts nothing
+        assert [name for name in started if "process_request_thread" not in name] == []
+    assert [t.name for t in threading.enumerate()].count("lockkit-head-deadline") == 1
+    with _WATCHDOG._cond:
+        assert all(entry[2].sock is None for entry in _WATCHDOG._heap)
+
+
+def test_many_disarmed_deadlines_do_not_pile_up() -> None:
+    """Requests answered long before their deadline leave entries that only the deadline
+    would clear; the heap is rebuilt without them once they are most of it."""
+    import socket as _socket
+
+    from lockkit.oidc import _Watchdog
+
+    dog = _Watchdog()
+    far = _time_now() + 3600
+    with _socket.socket() as sock:
+        for _ in range(5000):
+            assert dog.disarm(dog.arm(far, sock)) is False
+        assert len(dog._heap) <= 2 * _Watchdog.COMPACT_AT + 2
+        kept = dog.arm(far, sock)  # an armed entry survives every rebuild
+        for _ in range(3000):
+            dog.disarm(dog.arm(far, sock))
+        assert any(entry[2] is kept for entry in dog._heap) and kept.sock is sock
+        assert dog.disarm(kept) is False
+
+
+def _time_now() -> float:
+    import time as _time
+
+    return _time.monotonic()
+
+
+def test_a_forked_process_cuts_off_a_trickling_head_too(idp: LocalIssuer, tmp_path: Path) -> None:
+    """A worker forked while the watchdog's lock was held (a pre-forking server forks at any
+    moment) gets its own watchdog: its requests are cut off at their deadline, not hung."""
+    import os
+    import threading
+    import time as _time
+
+    from lockkit.oidc import _WATCHDOG, deadline_session
+
+    report = tmp_path / "child.txt"
+    with deadline_session(trust_env=False) as session:  # the parent's watchdog thread is running
+        assert session.get(idp.jwks_uri, timeout=5).status_code == 200
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread holds the watchdog's lock across the fork
+        with _WATCHDOG._cond:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    with _TricklingHead() as server:
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                release.set()
+                holder.join(5)
+        if pid == 0:  # the child: reports by exit status, and why in a file
+            code = 3
+            try:
+                with deadline_session(trust_env=False) as child:
+                    child.get(server.url + "/x", timeout=0.25)
+                code = 1  # answered: not expected
+            except BaseException as err:
+                code = 0 if "headers took too long" in str(err) else 2
+                report.write_text(repr(err))
+            finally:
+                os._exit(code)
+        give_up = _time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if _time.monotonic() > give_up:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung on the watchdog's lock")
+            _time.sleep(0.05)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, report.read_text() if report.exists() else "")
 
 
 def test_every_session_lockkit_makes_cuts_off_a_trickling_head() -> None:
