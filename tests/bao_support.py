@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from .process_support import dies_with_us
+
 ROOT_TOKEN = "lockkit-test-root"
 
 
@@ -64,7 +66,7 @@ def start_dev(tmp: Path) -> tuple[BaoDev, subprocess.Popen[bytes]]:
     addr = f"http://127.0.0.1:{port}"
     with open(tmp / "bao-dev.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [binary, "server", "-dev", f"-dev-root-token-id={ROOT_TOKEN}", f"-dev-listen-address=127.0.0.1:{port}"],
+            dies_with_us([binary, "server", "-dev", f"-dev-root-token-id={ROOT_TOKEN}", f"-dev-listen-address=127.0.0.1:{port}"]),
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(tmp)},
         )
     wait_ready(addr, proc)
@@ -103,7 +105,7 @@ class BaoFileServer:
         """Start, init (the first time) and unseal; a server that fails to come up is stopped
         (never left running behind a failed test)."""
         with open(self.dir / "bao.log", "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "server", f"-config={self.config}"], stdout=log,
+            self.proc = subprocess.Popen(dies_with_us([self.binary, "server", f"-config={self.config}"]), stdout=log,
                                          stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(self.dir)})
         try:
             self._bring_up()

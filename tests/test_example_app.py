@@ -32,6 +32,7 @@ from lockkit import LockContext
 from lockkit.flask import get_state
 from lockkit.keys.local import LocalKeyService
 
+from .process_support import dies_with_us
 from .example_support import (  # noqa: F401  (fixtures)
     ROOT,
     SHORT_QUERY_MESSAGE,
@@ -1082,7 +1083,7 @@ def served_module(tmp_path: Path) -> Iterator[str]:
     assert init.returncode == 0, init.stderr
     assert (tmp_path / "lockkit.toml").exists()
     with open(tmp_path / "stdout.log", "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "examples.flask_clerk"], cwd=tmp_path, env=env,
+        proc = subprocess.Popen(dies_with_us([sys.executable, "-m", "examples.flask_clerk"]), cwd=tmp_path, env=env,
                                 stdout=out, stderr=err)
         try:
             base = f"http://127.0.0.1:{port}"

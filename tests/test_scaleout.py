@@ -21,6 +21,7 @@ from lockkit.config import OpenBaoConfig
 from lockkit.keys.openbao_setup import setup
 
 from .bao_support import free_port, iter_dev
+from .process_support import dies_with_us
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -63,7 +64,7 @@ def redis_url() -> Iterator[str]:
 def _serve(port: int, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     log = open(cwd / f"app-{port}.log", "wb")
     with log:
-        proc = subprocess.Popen([sys.executable, "-m", "examples.flask_clerk"], cwd=ROOT, env={**env, "PORT": str(port)},
+        proc = subprocess.Popen(dies_with_us([sys.executable, "-m", "examples.flask_clerk"]), cwd=ROOT, env={**env, "PORT": str(port)},
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

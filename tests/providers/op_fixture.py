@@ -42,6 +42,8 @@ from lockkit import encrypted_column, encrypted_table
 from lockkit.flask import LockKit, current_claims, current_lock_context, get_state, lock_context_required
 from lockkit.keys.keyring import Keyring
 
+from ..process_support import dies_with_us
+
 OP_DIR = Path(__file__).resolve().parent / "op"
 APP_ORIGIN = "http://localhost"  # Flask's test client
 API_AUDIENCE = "https://api.lockkit.test"
@@ -169,7 +171,7 @@ class OPServer:
         log_path = self.log_path = self.workdir / f"op-{self.port}-{self.restarts}.log"
         log = log_path.open("wb")
         env = {"PATH": os.environ.get("PATH", ""), "OP_CONFIG": str(config_path), "NODE_ENV": "test"}
-        self.proc = subprocess.Popen([node, "server.mjs"], cwd=OP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(dies_with_us([node, "server.mjs"]), cwd=OP_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         url = self.issuer + "/.well-known/openid-configuration"
