@@ -1039,8 +1039,8 @@ def _encode_all(kind: str, values: list[Any]) -> list[bytes] | None:
             return list(map(_TAG_D, map(str.encode, map(dt.date.isoformat, values))))
         if ty is dt.datetime and kind == "datetime":
             return list(map(_TAG_T, map(str.encode, map(dt.datetime.isoformat, values))))
-    except ValueError:  # a lone surrogate (UnicodeEncodeError), an int too long for str()
-        return None
+    except (TypeError, ValueError, OverflowError, RecursionError):  # what encode_value turns into
+        return None  # a value's own EncryptionError: a lone surrogate, a huge int, an odd tzinfo
     return None
 
 

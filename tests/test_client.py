@@ -1012,6 +1012,16 @@ class _Text(str):
     """A str subclass: encrypted value by value (encode_value's isinstance), never in bulk."""
 
 
+class _BadZone(dt.tzinfo):
+    """A tzinfo whose offset is not a timedelta: ``isoformat()`` raises TypeError."""
+
+    def utcoffset(self, when: dt.datetime | None) -> Any:
+        return 3600
+
+    def dst(self, when: dt.datetime | None) -> Any:
+        return None
+
+
 @pytest.mark.parametrize(
     ("kind", "values", "bulk"),
     [
@@ -1028,12 +1038,13 @@ class _Text(str):
         ("int", [1, 10**5000], False),             # too long for str(): its own EncryptionError
         ("date", [dt.datetime(2024, 1, 1)], False),  # a datetime in a date column
         ("datetime", [dt.date(2024, 1, 1)], False),  # a date in a datetime column
+        ("datetime", [dt.datetime(2024, 1, 1, tzinfo=_BadZone())], False),  # isoformat() raises TypeError
         ("float", [1.5, 2.5], False),              # kinds the bulk encoder leaves to encode_value
         ("json", [{"a": 1}], False),
         ("text", [], False),
     ],
     ids=["text", "int", "date", "datetime", "none", "surrogate", "subclass", "mixed", "bool", "huge-int",
-         "datetime-as-date", "date-as-datetime", "float", "json", "empty"],
+         "datetime-as-date", "date-as-datetime", "bad-tzinfo", "float", "json", "empty"],
 )
 def test_the_bulk_encoder_agrees_with_encode_value(kind: str, values: list[Any], bulk: bool) -> None:
     """A chunk whose values all have exactly the column's type is encoded all at once, to
@@ -1093,6 +1104,14 @@ def test_bulk_encrypt_gives_bad_values_their_own_errors_in_a_plain_chunk(
     assert [r.failure is None for r in ints] == [True, False, False]
     assert ints[1].failure is not None and ints[1].failure.message == "users.age expects int, got bool"
     assert ints[2].failure is not None and "cannot be encoded as int" in ints[2].failure.message
+    table = encrypted_table("events", when=encrypted_column("when").data_type("datetime"))
+    events = Encryption([table], key_service=client.key_service)
+    moments = [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 1, tzinfo=_BadZone()), dt.datetime(2025, 1, 1)]
+    for batch in ([moments[0], moments[1]], moments):
+        got = events.bulk_encrypt(batch, column="when", table=table).with_lock_context(alice).unwrap()
+        assert got[1].failure is not None and got[1].failure.type == "EncryptionError"
+        assert got[1].failure.message == "events.when: value cannot be encoded as datetime (TypeError)"
+        assert got[0].failure is None and all(r.failure is None for r in got[2:])
 
 
 @pytest.fixture
