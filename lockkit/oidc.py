@@ -603,6 +603,8 @@ class _Watchdog:
         self._thread: threading.Thread | None = None
 
     def arm(self, deadline: float, sock: Any) -> _Watch:
+        if not math.isfinite(deadline):
+            raise ValueError("a head deadline must be a finite time")
         watch = _Watch(sock)
         with self._cond:
             heapq.heappush(self._heap, (deadline, next(self._seq), watch))
@@ -635,14 +637,28 @@ class _Watchdog:
                         self._disarmed = max(0, self._disarmed - 1)
                         continue
                     watch.fired = True
-                    try:  # the plain socket's shutdown (an SSLSocket's drops its state)
-                        socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # already closed
+                    _shut(watch.sock)
                     watch.sock = None
                 # at least once a second while anything is armed: a deadline is never missed
                 # by more than that, whatever happened to the clock since the last wait
                 self._cond.wait(min(self._heap[0][0] - now, 1.0) if self._heap else None)
+
+
+def _shut(sock: Any) -> None:
+    """Shut a connection's socket down, so that the read blocked on it returns at once: the
+    plain socket's shutdown (an SSLSocket's would drop its TLS state), under any TLS-in-TLS
+    wrapper (urllib3's ``SSLTransport``, for HTTPS through an HTTPS proxy). Never raises: the
+    watchdog thread serves every request in the process."""
+    for _ in range(4):  # a wrapper holds the socket it wraps as ``.socket``
+        if isinstance(sock, socket.socket):
+            break
+        sock = getattr(sock, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass  # already closed
 
 
 _WATCHDOG = _Watchdog()
@@ -667,7 +683,9 @@ class _HeadDeadline:
             if not _WATCHDOG.disarm(watch):
                 raise
             response = None
-        if _WATCHDOG.disarm(watch):  # whatever was read before the cut is not an answer
+        finally:  # whatever ends the wait (an interrupt too), the socket is not watched after it
+            cut = _WATCHDOG.disarm(watch)
+        if cut:  # whatever was read before the cut is not an answer
             if response is not None:
                 response.close()
             raise HeadTooSlow()
@@ -707,11 +725,14 @@ _POOLS: Final = {"http": _HTTPPool, "https": _HTTPSPool}
 def _head_budget(timeout: Any) -> float | None:
     """Seconds the head of an answer may take: twice the timeout; for ``(connect, read)``
     the connect timeout plus twice the read timeout; None for no timeout."""
+    budget: float | None = None
     if isinstance(timeout, tuple) and len(timeout) == 2 and all(isinstance(t, int | float) for t in timeout):
-        return float(timeout[0]) + 2 * float(timeout[1])
-    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
-        return 2 * float(timeout)
-    return None
+        budget = float(timeout[0]) + 2 * float(timeout[1])
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        budget = 2 * float(timeout)
+    # NaN or infinity: no deadline (a NaN one would sit at the head of the watchdog's heap,
+    # never due, and hold back every deadline behind it)
+    return budget if budget is not None and math.isfinite(budget) else None
 
 
 class DeadlineAdapter(requests.adapters.HTTPAdapter):

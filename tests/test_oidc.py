@@ -1354,6 +1354,77 @@ def test_many_disarmed_deadlines_do_not_pile_up() -> None:
         assert dog.disarm(kept) is False
 
 
+def test_the_watchdog_survives_what_it_cannot_shut_down_and_unwraps_tls_in_tls() -> None:
+    """An entry whose socket is a TLS-in-TLS wrapper (urllib3's SSLTransport, for HTTPS
+    through an HTTPS proxy) is cut at the socket it wraps; one it cannot shut down at all
+    does not stop the thread, and the deadlines after it are still kept."""
+    import socket as _socket
+    import time as _time
+
+    from lockkit.oidc import _Watchdog
+
+    class Wrapper:  # holds the socket it wraps as .socket, like SSLTransport
+        def __init__(self, sock: _socket.socket) -> None:
+            self.socket = sock
+
+    dog = _Watchdog()
+    a, b = _socket.socketpair()
+    c, d = _socket.socketpair()
+    with a, b, c, d:
+        odd = dog.arm(_time_now(), object())          # nothing to shut down
+        wrapped = dog.arm(_time_now(), Wrapper(a))    # the wrapped socket is shut down
+        later = dog.arm(_time_now() + 0.3, c)         # kept after both
+        give_up = _time.monotonic() + 5
+        while not later.fired and _time.monotonic() < give_up:
+            _time.sleep(0.02)  # polling the watchdog thread
+        assert odd.fired and wrapped.fired and later.fired
+        assert a.recv(1) == b"" and c.recv(1) == b""  # both shut down: reads return at once
+        assert dog._thread is not None and dog._thread.is_alive()
+
+
+def test_a_timeout_that_is_not_finite_sets_no_head_deadline() -> None:
+    """A NaN deadline would sit at the head of the heap, never due, and hold back every other
+    request's: a NaN or infinite timeout gives no head deadline, and the watchdog refuses one."""
+    import math
+    import socket as _socket
+
+    from lockkit.oidc import _head_budget, _Watchdog
+
+    nan, inf = math.nan, math.inf
+    for timeout in (nan, inf, (1, nan), (nan, 1), (1, inf)):
+        assert _head_budget(timeout) is None, timeout
+    assert _head_budget((1, 2)) == 5.0 and _head_budget(1.5) == 3.0 and _head_budget(None) is None
+    with _socket.socket() as sock, pytest.raises(ValueError):
+        _Watchdog().arm(nan, sock)
+
+
+def test_an_interrupted_wait_for_a_head_leaves_nothing_armed() -> None:
+    """Whatever ends the wait for an answer's head, a KeyboardInterrupt too, the socket is
+    no longer watched afterwards."""
+    import socket as _socket
+
+    from lockkit.oidc import _HEAD_BY, _WATCHDOG, _HeadDeadline
+
+    class Interrupted:
+        def getresponse(self) -> Any:
+            raise KeyboardInterrupt
+
+    class Connection(_HeadDeadline, Interrupted):
+        pass
+
+    with _socket.socket() as sock:
+        conn = Connection()
+        conn.sock = sock
+        token = _HEAD_BY.set(_time_now() + 60)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                conn.getresponse()
+        finally:
+            _HEAD_BY.reset(token)
+        with _WATCHDOG._cond:
+            assert all(entry[2].sock is not sock for entry in _WATCHDOG._heap)
+
+
 def _time_now() -> float:
     import time as _time
 
