@@ -20,7 +20,6 @@ from lockkit import (
     Encryption,
     EncryptionError,
     LockContext,
-    LockContextError,
     Operation,
     Result,
     encrypted_column,
@@ -1114,12 +1113,11 @@ def test_bulk_encrypt_gives_bad_values_their_own_errors_in_a_plain_chunk(
         assert got[0].failure is None and all(r.failure is None for r in got[2:])
 
 
-@pytest.fixture
-def encrypt_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What each bulk_encrypt_models call's column-by-column path did: "done", "raised" or
-    "declined" (the batch went model by model)."""
+def _column_path(monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:
+    """What each call of a column-by-column models path (``Encryption.<method>``) did: "done",
+    "raised" or "declined" (the batch went model by model)."""
     seen: list[str] = []
-    real = Encryption._encrypt_full_models
+    real = getattr(Encryption, method)
 
     def spy(self: Encryption, *args: Any) -> Any:
         try:
@@ -1130,8 +1128,14 @@ def encrypt_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append("declined" if out is None else "done")
         return out
 
-    monkeypatch.setattr(Encryption, "_encrypt_full_models", spy)
+    monkeypatch.setattr(Encryption, method, spy)
     return seen
+
+
+@pytest.fixture
+def encrypt_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each bulk_encrypt_models call's column-by-column path did (see _column_path)."""
+    return _column_path(monkeypatch, "_encrypt_full_models")
 
 
 def test_full_models_encrypt_column_by_column_like_model_by_model(
@@ -1204,22 +1208,8 @@ def _full_models(client: Encryption, users: EncryptedTable, lc: LockContext, n: 
 
 @pytest.fixture
 def column_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What each bulk_decrypt_models call's column-by-column path did: "done", "raised" or
-    "declined" (the batch went model by model)."""
-    seen: list[str] = []
-    real = Encryption._decrypt_full_models
-
-    def spy(self: Encryption, *args: Any) -> Any:
-        try:
-            out = real(self, *args)
-        except LockkitError:
-            seen.append("raised")
-            raise
-        seen.append("declined" if out is None else "done")
-        return out
-
-    monkeypatch.setattr(Encryption, "_decrypt_full_models", spy)
-    return seen
+    """What each bulk_decrypt_models call's column-by-column path did (see _column_path)."""
+    return _column_path(monkeypatch, "_decrypt_full_models")
 
 
 def test_full_models_decrypt_column_by_column_like_model_by_model(
