@@ -213,12 +213,15 @@ def section_core(res: Mapping[str, Any]) -> str:
         if "bound" in s:
             r_bound = paired_ratio(s["bound"]["samples_us"], s["floor"]["samples_us"])
             r_lk = paired_ratio(s["lockkit"]["samples_us"], s["bound"]["samples_us"])
-            lines += ["", f"A bound for {g['data']} {g['op']} (same runs): the least a pure-Python decrypt of "
-                      "lockkit's stored format through its API can cost with `cryptography` - one base64 decode, "
-                      "one AES-256-GCM-SIV decrypt with lockkit's AAD, the text decoded and one `Result` made and "
-                      "read per value, each step a C function applied with `map`, with no key release and no "
-                      f"checks - takes {_num(s['bound']['median_us'])} us/{g['unit']}, **{_ratio(r_bound)} the "
-                      f"floor** against the 3x target; lockkit takes {_ratio(r_lk)} the bound."]
+            steps = {"encrypt": "the type tag and UTF-8, a nonce, one AES-256-GCM-SIV encrypt with lockkit's AAD, "
+                              "base64, the payload dict and one `Result` made and read per value",
+                     "decrypt": "one base64 decode, one AES-256-GCM-SIV decrypt with lockkit's AAD, the text decoded "
+                              "and one `Result` made and read per value"}[g["op"]]
+            lines += ["", f"A bound for {g['data']} {g['op']} (same runs): the least a pure-Python {g['op']} through "
+                      f"lockkit's API and stored format can cost with `cryptography` - {steps}, each step a C "
+                      "function applied with `map`, with no key release and no checks (`Bound` in "
+                      f"`bench/bench_core.py`) - takes {_num(s['bound']['median_us'])} us/{g['unit']}, "
+                      f"**{_ratio(r_bound)} the floor** against the 3x target; lockkit takes {_ratio(r_lk)} the bound."]
     terms = []
     for g in res["groups"]:
         s = g["stats"]
