@@ -1437,6 +1437,7 @@ def test_a_forked_process_cuts_off_a_trickling_head_too(idp: LocalIssuer, tmp_pa
     import os
     import threading
     import time as _time
+    import warnings
 
     from lockkit.oidc import _WATCHDOG, deadline_session
 
@@ -1456,7 +1457,9 @@ def test_a_forked_process_cuts_off_a_trickling_head_too(idp: LocalIssuer, tmp_pa
     with _TricklingHead() as server:
         pid = -1
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process: that is the point
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
         finally:
             if pid != 0:
                 release.set()
