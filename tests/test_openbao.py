@@ -23,7 +23,8 @@ from lockkit.keys.openbao import (
     encode_token,
     key_name,
 )
-from lockkit.keys.openbao_setup import APP_POLICY, setup
+from lockkit.keys.openbao_setup import APP_POLICY
+from lockkit.keys.openbao_setup import setup as openbao_setup  # not `setup`: pytest 8.0 would run it as a nose-style module setup
 from lockkit.oidc import OIDCVerifier
 from lockkit.testing import LocalIssuer
 
@@ -328,11 +329,11 @@ def test_plain_role_refuses_subjects_it_cannot_name_safely() -> None:
 
 
 def test_setup_is_idempotent_and_says_what_it_did(backend: str, bao: Any, bao_config: OpenBaoConfig, idp: LocalIssuer) -> None:
-    steps = setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
+    steps = openbao_setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
     assert any("policy lockkit-user-cel" in s for s in steps) and any("CEL role" in s for s in steps)
     assert not any("enabled" in s for s in steps)  # mounts already exist
     with pytest.raises(ValueError):
-        setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri)
+        openbao_setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -346,7 +347,7 @@ def test_setup_refuses_an_uncapped_ttl_or_a_cleartext_jwks(
     http to another host would let anyone on the path sign in as anyone. Refused before any call."""
     args: dict[str, Any] = {"issuer": idp.issuer, "jwks_url": idp.jwks_uri, "audiences": [idp.audience], **kwargs}
     with pytest.raises(ValueError, match=message):
-        setup(bao_config, bao.root_token, **args)
+        openbao_setup(bao_config, bao.root_token, **args)
 
 
 def test_cli_setup_refuses_a_zero_ttl(backend: str, bao: Any, idp: LocalIssuer, monkeypatch: pytest.MonkeyPatch,
@@ -380,7 +381,7 @@ def test_durability_across_a_restart_mid_run(backend: str, tmp_path: Path, idp: 
     try:
         assert server.root_token is not None
         config = OpenBaoConfig(addr=server.addr, timeout=1.0, retries=1, backoff=0.01)
-        setup(config, server.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
+        openbao_setup(config, server.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
         ts = OpenBaoTokenService(config, [OIDCVerifier(idp.issuer_config())])
         client = Encryption([notes], key_service=OpenBaoKeyService(config, WORKSPACE), token_service=ts)
         alice = login(client, idp, "alice")
@@ -449,7 +450,7 @@ def test_bound_claims_are_enforced_by_the_cel_role(backend: str, bao: Any, idp: 
     issued for some audience (the role binds none)."""
     app = "https://app.example.com"
     config = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-azp", key_prefix="lka-")
-    steps = setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, bound_claims={"azp": [app]})
+    steps = openbao_setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, bound_claims={"azp": [app]})
     assert any("azp in ['https://app.example.com']" in s and "no aud" in s for s in steps)
 
     def mint(**claims: Any) -> str:
@@ -468,7 +469,7 @@ def test_bound_claims_are_enforced_by_the_cel_role(backend: str, bao: Any, idp: 
 def test_bound_claim_globs_and_odd_values_are_literal_except_the_star(backend: str, bao: Any, idp: LocalIssuer) -> None:
     org = 'q"u\\o\'te*'  # quotes and a backslash must reach CEL as data, never as syntax
     config = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-glob", key_prefix="lkg-")
-    setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience],
+    openbao_setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience],
           bound_claims={"azp": ["https://*.example.com"], "org": [org, "a.b", "ünï\n(x)"]})
 
     def status(azp: Any, org: Any) -> int:
@@ -509,7 +510,7 @@ def test_setup_reads_the_role_back_and_never_leaves_it_unbound(backend: str, bao
 
     config = OpenBaoConfig(addr=bao.addr, auth_mount="jwt-drop", key_prefix="lkr-")
     with pytest.raises(BaoError, match="bound_audiences.*deleted|expression.*deleted"):
-        setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience],
+        openbao_setup(config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience],
               bound_claims={"azp": ["x"]}, http=Dropping(config))
     assert bao_call(bao.addr, bao.root_token, "GET", "auth/jwt-drop/cel/role/lockkit").status_code == 404
     assert cel_login(bao.addr, "jwt-drop", idp.mint("alice", azp="other")).status_code == 400
@@ -536,7 +537,7 @@ def test_a_second_auth_mount_never_shares_user_keys(
         assert main(args) == 1 and "--key-prefix" in capsys.readouterr().err
         for prefix in ("lkx-", "lkx-6", "lk"):  # the same key names, or names one prefix can reach
             with pytest.raises(ValueError, match="own key prefix"):
-                setup(OpenBaoConfig(addr=bao.addr, auth_mount="jwt-b", key_prefix=prefix), bao.root_token,
+                openbao_setup(OpenBaoConfig(addr=bao.addr, auth_mount="jwt-b", key_prefix=prefix), bao.root_token,
                       issuer=idp_b.issuer, jwks_url=idp_b.jwks_uri, audiences=["app-b"])
         assert "jwt-b/" not in bao_call(bao.addr, bao.root_token, "GET", "sys/auth").json()["data"]  # refused first
         assert main([*args, "--key-prefix", "lkb-"]) == 0
@@ -566,7 +567,7 @@ def test_a_second_auth_mount_never_shares_user_keys(
         user_a = bao_call(bao.addr, bao.root_token, "GET", "sys/policies/acl/lockkit-user-cel").json()["data"]["policy"]
         for prefix in ("lkx-", "lkc-"):
             with pytest.raises(ValueError, match="belongs to another auth mount|own key prefix"):
-                setup(OpenBaoConfig(addr=bao.addr, auth_mount="cel", key_prefix=prefix), bao.root_token,
+                openbao_setup(OpenBaoConfig(addr=bao.addr, auth_mount="cel", key_prefix=prefix), bao.root_token,
                       issuer=idp_b.issuer, jwks_url=idp_b.jwks_uri, audiences=["app-b"])
         assert bao_call(bao.addr, bao.root_token, "GET", "sys/policies/acl/lockkit-user-cel").json()["data"]["policy"] == user_a
         assert app_a.decrypt(secret).with_lock_context(login(app_a, idp, "alice")).unwrap() == "A's alice's diary"
@@ -680,7 +681,7 @@ def test_setup_keeps_the_operators_auth_settings(backend: str, bao: Any, bao_con
             "jwt_supported_algs": ["RS256", "ES256"], "default_role": "lockkit"}
     assert bao_call(bao.addr, bao.root_token, "POST", path, mine).status_code == 204
     try:
-        setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
+        openbao_setup(bao_config, bao.root_token, issuer=idp.issuer, jwks_url=idp.jwks_uri, audiences=[idp.audience])
         now = bao_call(bao.addr, bao.root_token, "GET", path).json()["data"]
         assert now["jwks_ca_pem"].strip() == pem.strip()
         assert now["jwt_supported_algs"] == ["RS256", "ES256"] and now["default_role"] == "lockkit"

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from lockkit.config import OpenBaoConfig
-from lockkit.keys.openbao_setup import setup
+from lockkit.keys.openbao_setup import setup as openbao_setup  # not `setup`: pytest 8.0 would run it as a nose-style module setup
 
 from .bao_support import free_port, iter_dev
 from .process_support import dies_with_us
@@ -98,7 +98,7 @@ def test_sign_in_on_one_server_read_on_another(
     servers = [_serve(p1, env, tmp_path), _serve(p2, env, tmp_path)]
     try:
         # OpenBao checks the JWKS URL when configured: the dev issuer's keys are served by the app
-        setup(config, bao_node.root_token, issuer=dev.issuer, jwks_url=f"http://127.0.0.1:{p1}/lockkit/dev/jwks.json",
+        openbao_setup(config, bao_node.root_token, issuer=dev.issuer, jwks_url=f"http://127.0.0.1:{p1}/lockkit/dev/jwks.json",
               audiences=[AUDIENCE])
         s = requests.Session()
         one, two = f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"
