@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 PROVIDERS = $(wildcard providers/*/pyproject.toml)
 
-.PHONY: install demo test bench typecheck clean
+.PHONY: install demo test test-floors bench typecheck clean
 
 $(STAMP): pyproject.toml $(PROVIDERS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ test: install
 typecheck: install
 	$(BIN)/python -m mypy
 
+# The suite again on the lowest versions pyproject.toml declares (.ci/floors.txt), in a venv of
+# its own: a floor that is too low fails here, not on a user's machine.
+FLOORS       = .venv-floors
+FLOORS_STAMP = $(FLOORS)/.installed
+
+$(FLOORS_STAMP): pyproject.toml .ci/floors.txt $(PROVIDERS)
+	test -x $(FLOORS)/bin/python || $(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS)/bin/python -m pip install -q -c .ci/floors.txt -e '.[dev]' $(foreach p,$(PROVIDERS),-e $(dir $(p)))
+	touch $(FLOORS_STAMP)
+
+test-floors: $(FLOORS_STAMP)
+	$(FLOORS)/bin/python -m pytest -p no:cacheprovider
+
 BENCH_STAMP = $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
@@ -36,4 +50,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --report docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS) .pytest_cache .mypy_cache .hypothesis
