@@ -619,9 +619,10 @@ class Encryption:
                                 raw = encode_value(kind, value, where)
                             o = 16 * j
                             c = b64(prefixes[o : o + 16] + enc(nonces[j], raw, aad), newline=False).decode()
-                        p: dict[str, Any] = {"v": 1, "k": "ct", "i": {"t": tn, "c": cn}, "ks": keyset, "kid": kid, "c": c}
-                        if lc_names:
-                            p["lc"] = list(lc_names)
+                        p = template.copy()
+                        p["i"], p["c"] = ident.copy(), c
+                        if names is not None:
+                            p["lc"] = names.copy()
                         if hasher is not None:
                             if eq:
                                 p["hm"] = hasher.equality(pl.index_bytes(kind, value, where))
