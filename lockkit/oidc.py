@@ -678,13 +678,14 @@ class _HeadDeadline:
             return super().getresponse()  # type: ignore[misc]
         watch = _WATCHDOG.arm(deadline, self.sock)
         try:
-            response = super().getresponse()  # type: ignore[misc]
+            try:
+                response = super().getresponse()  # type: ignore[misc]
+            finally:  # whatever ends the wait (an interrupt too), the socket is not watched after it
+                cut = _WATCHDOG.disarm(watch)
         except Exception:
-            if not _WATCHDOG.disarm(watch):
+            if not cut:
                 raise
-            response = None
-        finally:  # whatever ends the wait (an interrupt too), the socket is not watched after it
-            cut = _WATCHDOG.disarm(watch)
+            response = None  # the read failed because the watchdog cut it
         if cut:  # whatever was read before the cut is not an answer
             if response is not None:
                 response.close()
